@@ -1,0 +1,208 @@
+"""Run configuration: task, model and training dataclasses, their JSON round-trip and presets."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The synthetic exemplar-label task (DESIGN, "The task")."""
+
+    n_classes: int = 12_800
+    n_labels: int | None = None  # None: one label per class (L = K); else k -> k mod L
+    exemplars_per_class: int = 20
+    dim: int = 64
+    eps: float = 0.5  # within-class noise relative to the class prototype
+    context_pairs: int = 2
+    holdout_classes: int = 0  # the last H classes never appear in training
+    p_bursty: float = 1.0  # with N > 2: share of sequences that hold the query's class
+    zipf_alpha: float = 0.0  # 0: uniform classes; > 0: class rank r drawn with p ~ r^-alpha
+    match_query: bool = False  # persistent-ICL intervention on the training distribution
+    seed: int = 0  # seeds the exemplar bank
+
+    @property
+    def labels(self) -> int:
+        return self.n_labels or self.n_classes
+
+    @property
+    def train_classes(self) -> int:
+        return self.n_classes - self.holdout_classes
+
+    @property
+    def seq_len(self) -> int:
+        return 2 * self.context_pairs + 1
+
+    def validate(self) -> None:
+        L = self.labels
+        _check(self.n_classes >= 3, f"n_classes must be >= 3, got {self.n_classes}")
+        _check(3 <= L <= self.n_classes, f"n_labels must be in [3, n_classes], got {L}")
+        _check(self.n_classes % L == 0, f"n_classes ({self.n_classes}) must be a multiple of n_labels ({L})")
+        _check(self.exemplars_per_class >= 2, f"exemplars_per_class must be >= 2, got {self.exemplars_per_class}")
+        _check(self.dim >= 1, f"dim must be >= 1, got {self.dim}")
+        _check(self.eps >= 0 and math.isfinite(self.eps), f"eps must be finite and >= 0, got {self.eps}")
+        _check(self.context_pairs >= 2, f"context_pairs must be >= 2, got {self.context_pairs}")
+        _check(self.holdout_classes == 0 or 3 <= self.holdout_classes <= self.n_classes - 3,
+               f"holdout_classes must be 0 or in [3, n_classes - 3], got {self.holdout_classes}")
+        _check(0.0 <= self.p_bursty <= 1.0, f"p_bursty must be in [0, 1], got {self.p_bursty}")
+        _check(self.zipf_alpha >= 0, f"zipf_alpha must be >= 0, got {self.zipf_alpha}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The paper's 2-layer attention-only transformer (DESIGN, "The model")."""
+
+    n_layers: int = 2
+    n_heads: int = 8
+    d_model: int = 64
+    d_head: int = 8
+    init: str = "paper"  # "paper": lecun-normal linears, positions ~U(+-1/sqrt(32)); "torch": torch defaults
+
+    def validate(self) -> None:
+        _check(self.n_layers >= 1, f"n_layers must be >= 1, got {self.n_layers}")
+        _check(self.n_heads >= 1 and self.d_head >= 1, "n_heads and d_head must be >= 1")
+        _check(self.n_heads * self.d_head == self.d_model,
+               f"n_heads * d_head must equal d_model, got {self.n_heads}*{self.d_head} != {self.d_model}")
+        _check(self.init in ("paper", "torch"), f"init must be 'paper' or 'torch', got {self.init!r}")
+
+
+FORGETTING = ("none", "active", "temporary")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, checkpoint schedule, logging and interventions."""
+
+    steps: int = 10_000
+    batch_size: int = 32
+    lr: float = 1e-5
+    seed: int = 0  # seeds the weights and the training stream
+    n_checkpoints: int = 32  # checkpoints on a log-then-linear schedule (step 0 and the last included)
+    checkpoint_dtype: str = "float32"  # "float16" halves the size; analyses upcast
+    eval_every: int = 1_000  # evaluator metrics logged to metrics.parquet
+    eval_n: int = 1_024
+    forgetting: str = "none"  # "active": re-init label embedding every forget_every steps; "temporary": only before forget_until
+    forget_every: int = 0
+    forget_until: int = 0
+
+    def validate(self) -> None:
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
+        _check(self.n_checkpoints >= 2, f"n_checkpoints must be >= 2, got {self.n_checkpoints}")
+        _check(self.checkpoint_dtype in ("float32", "float16"),
+               f"checkpoint_dtype must be 'float32' or 'float16', got {self.checkpoint_dtype!r}")
+        _check(self.eval_every >= 1 and self.eval_n >= 2, "eval_every must be >= 1 and eval_n >= 2")
+        _check(self.forgetting in FORGETTING, f"forgetting must be one of {FORGETTING}, got {self.forgetting!r}")
+        if self.forgetting != "none":
+            _check(self.forget_every >= 1, f"forgetting={self.forgetting!r} needs forget_every >= 1")
+        if self.forgetting == "temporary":
+            _check(self.forget_until >= 1, "forgetting='temporary' needs forget_until >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = "run"
+
+    def validate(self) -> "RunConfig":
+        self.task.validate()
+        self.model.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        _check(isinstance(d, dict), "run config must be a JSON object")
+        unknown = set(d) - {f.name for f in fields(cls)}
+        _check(not unknown, f"unknown run config key(s): {', '.join(sorted(unknown))}")
+        parts = {name: _from_dict(sub, d.get(name, {}), name)
+                 for name, sub in (("task", TaskConfig), ("model", ModelConfig), ("train", TrainConfig))}
+        return cls(**parts, name=str(d.get("name", "run"))).validate()
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "RunConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        return cls.from_dict(data)
+
+    def replace(self, **sections: dict[str, Any]) -> "RunConfig":
+        """Copy with some fields of `task`, `model`, `train` changed, e.g. replace(train={"lr": 1e-3})."""
+        d = self.to_dict()
+        for name, changes in sections.items():
+            if name == "name":
+                d["name"] = changes
+            else:
+                _check(name in ("task", "model", "train"), f"unknown config section {name!r}")
+                d[name] = {**d[name], **changes}
+        return RunConfig.from_dict(d)
+
+
+def _from_dict(cls: type, d: Any, section: str) -> Any:
+    _check(isinstance(d, dict), f"config section {section!r} must be a JSON object")
+    types = {f.name: f.type for f in fields(cls)}
+    unknown = set(d) - set(types)
+    _check(not unknown, f"unknown {section} config key(s): {', '.join(sorted(unknown))}")
+    for key, value in d.items():
+        expected = types[key]
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "int | None": value is None or (isinstance(value, int) and not isinstance(value, bool)),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+            "str": isinstance(value, str),
+        }[expected]
+        _check(ok, f"{section}.{key} must be {expected}, got {value!r}")
+    return cls(**d)
+
+
+PRESETS: dict[str, RunConfig] = {
+    # The paper's configuration: 20M sequences at lr 1e-5. Meant for a GPU.
+    "paper": RunConfig(
+        task=TaskConfig(n_classes=12_800, eps=0.5),
+        train=TrainConfig(steps=625_000, batch_size=32, lr=1e-5, n_checkpoints=64, eval_every=5_000),
+        name="paper",
+    ),
+    # The shipped demo: the paper's story on one CPU core in about an hour (DESIGN "Known facts").
+    "demo": RunConfig(
+        task=TaskConfig(n_classes=12_800, eps=0.5),
+        train=TrainConfig(steps=300_000, batch_size=32, lr=3e-4, n_checkpoints=16,
+                          checkpoint_dtype="float16", eval_every=1_000, eval_n=1_024),
+        name="demo",
+    ),
+    # Trains in seconds; for tests and CI.
+    "tiny": RunConfig(
+        task=TaskConfig(n_classes=64, n_labels=16, exemplars_per_class=8, dim=16, eps=0.3),
+        model=ModelConfig(n_layers=2, n_heads=4, d_model=32, d_head=8),
+        train=TrainConfig(steps=300, batch_size=32, lr=3e-3, n_checkpoints=6, eval_every=50, eval_n=256),
+        name="tiny",
+    ),
+}
+
+
+def preset(name: str) -> RunConfig:
+    _check(name in PRESETS, f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]

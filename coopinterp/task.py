@@ -1,0 +1,197 @@
+"""The synthetic exemplar-label task: exemplar bank, the five evaluators, in-context scoring.
+
+A sequence is `[x_0, l_0, x_1, l_1, ..., x_q]`: context exemplar i at position 2i, its label at 2i+1,
+the query exemplar at 2N. Every sampler is vectorised torch code driven by one `torch.Generator`,
+so a batch is a pure function of (task, evaluator, n, seed).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .config import TaskConfig
+from .errors import ConfigError
+
+EVALUATORS = ("train", "icl", "ciwl", "flip", "iwl")
+
+
+@dataclass
+class Batch:
+    """A batch of sequences plus what each evaluator scores as correct."""
+
+    exemplars: Float[Tensor, "n pairs_plus_1 dim"]  # context exemplars, then the query
+    labels: Int[Tensor, "n pairs"]  # context labels
+    query_label: Int[Tensor, " n"]  # the query's true label
+    target: Int[Tensor, " n"]  # what this evaluator scores as correct
+    target_pair: Int[Tensor, " n"]  # context pair holding `target`, -1 if absent
+    same_class_pair: Int[Tensor, " n"]  # context pair of the query's class, -1 if none
+    evaluator: str
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.exemplars, self.labels, self.query_label, self.target,
+                                                self.target_pair, self.same_class_pair)), self.evaluator)
+
+    def label_positions(self) -> Int[Tensor, " pairs"]:
+        return torch.arange(self.labels.shape[1]) * 2 + 1
+
+
+@functools.lru_cache(maxsize=4)
+def _bank(n_classes: int, per_class: int, dim: int, eps: float, seed: int, device: str) -> Float[Tensor, "K E D"]:
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn(n_classes, 1, dim, generator=g)
+    noise = torch.randn(n_classes, per_class, dim, generator=g)
+    return ((prototypes + eps * noise) / math.sqrt(1 + eps**2)).to(device)
+
+
+def exemplar_bank(task: TaskConfig, device: torch.device | str = "cpu") -> Float[Tensor, "K E D"]:
+    """K classes x E exemplars, coordinates ~N(0, 1): e_kj = (mu_k + eps*eta_kj) / sqrt(1 + eps^2)."""
+    return _bank(task.n_classes, task.exemplars_per_class, task.dim, task.eps, task.seed, str(torch.device(device)))
+
+
+class _Sampler:
+    """Draws classes, labels and exemplar indices for one batch from one generator."""
+
+    def __init__(self, task: TaskConfig, n: int, gen: torch.Generator, holdout: bool):
+        self.task, self.n, self.gen = task, n, gen
+        self.device = gen.device
+        self.L = task.labels
+        lo, hi = (task.train_classes, task.n_classes) if holdout else (0, task.train_classes)
+        self.lo, self.hi = lo, hi
+        self.class_probs = None
+        if task.zipf_alpha > 0:
+            ranks = torch.arange(1, hi - lo + 1, device=self.device, dtype=torch.float64)
+            self.class_probs = ranks.pow(-task.zipf_alpha)
+
+    def ints(self, high: int, size: tuple[int, ...] | None = None) -> Tensor:
+        return torch.randint(high, size or (self.n,), generator=self.gen, device=self.device)
+
+    def classes(self) -> Int[Tensor, " n"]:
+        if self.class_probs is None:
+            return self.lo + self.ints(self.hi - self.lo)
+        return self.lo + torch.multinomial(self.class_probs, self.n, replacement=True, generator=self.gen)
+
+    def classes_avoiding(self, *taken: Tensor) -> Int[Tensor, " n"]:
+        """Classes whose label differs from the labels of every class in `taken` (rejection sampling)."""
+        c = self.classes()
+        for _ in range(1000):
+            clash = torch.zeros_like(c, dtype=torch.bool)
+            for t in taken:
+                clash |= (c % self.L) == (t % self.L)
+            if not clash.any():
+                return c
+            c = torch.where(clash, self.classes(), c)
+        raise ConfigError("could not sample context classes with distinct labels; use more labels or classes")
+
+    def other_exemplar(self, j: Tensor) -> Tensor:
+        """An exemplar index different from j."""
+        return (j + 1 + self.ints(self.task.exemplars_per_class - 1, tuple(j.shape))) % self.task.exemplars_per_class
+
+
+def _sample(task: TaskConfig, evaluator: str, n: int, gen: torch.Generator, holdout: bool) -> Batch:
+    if evaluator not in EVALUATORS:
+        raise ConfigError(f"unknown evaluator {evaluator!r}; choose from {', '.join(EVALUATORS)}")
+    s = _Sampler(task, n, gen, holdout)
+    N, E, L, dev = task.context_pairs, task.exemplars_per_class, task.labels, s.device
+    rows = torch.arange(n, device=dev)
+
+    query_class = s.classes()
+    j_query = s.ints(E)
+    # Pairs of the "first" context class: one of them (N=2), half of them (bursty N>2).
+    n_first = max(1, N // 2)
+    first_pairs = torch.rand(n, N, generator=gen, device=dev).argsort(1)[:, :n_first]
+    is_first = torch.zeros(n, N, dtype=torch.bool, device=dev).scatter_(1, first_pairs, True)
+    lead_pair = first_pairs.min(1).values  # the first pair of the first class
+
+    if evaluator in ("ciwl", "iwl"):
+        class_a = s.classes_avoiding(query_class)
+        class_b = s.classes_avoiding(query_class, class_a)
+    else:
+        class_a = query_class
+        class_b = s.classes_avoiding(query_class)
+    ctx_class = torch.where(is_first, class_a[:, None], class_b[:, None])
+    j_ctx = s.ints(E, (n, N))
+    if evaluator not in ("ciwl", "iwl"):  # same-class context exemplars differ from the query
+        j_ctx = torch.where(is_first, s.other_exemplar(j_query[:, None].expand(n, N)), j_ctx)
+
+    if evaluator == "train" and N > 2 and task.p_bursty < 1:
+        # Non-bursty sequences: N context classes with distinct labels, the query's class only by chance.
+        plain = torch.rand(n, generator=gen, device=dev) >= task.p_bursty
+        drawn: list[Tensor] = []
+        for _ in range(N):
+            drawn.append(s.classes_avoiding(*drawn))
+        ctx_class = torch.where(plain[:, None], torch.stack(drawn, 1), ctx_class)
+        j_ctx = torch.where(plain[:, None] & (ctx_class == query_class[:, None]),
+                            s.other_exemplar(j_query[:, None].expand(n, N)), j_ctx)
+
+    labels = ctx_class % L
+    query_label = query_class % L
+    if evaluator == "icl":  # two fresh labels for the two context classes
+        label_a = s.ints(L)
+        label_b = (label_a + 1 + s.ints(L - 1)) % L
+        labels = torch.where(is_first, label_a[:, None], label_b[:, None])
+    elif evaluator == "ciwl":  # the first class carries the query's true label
+        labels = torch.where(is_first, query_label[:, None], labels)
+    elif evaluator == "flip":  # swap the two classes' labels
+        labels = torch.where(is_first, (class_b % L)[:, None], (class_a % L)[:, None])
+
+    if evaluator == "train" and task.match_query:  # persistent ICL: query = its in-context exemplar
+        has_same = ctx_class == query_class[:, None]
+        first_same = torch.where(has_same.any(1), has_same.float().argmax(1), torch.zeros_like(query_class))
+        j_query = torch.where(has_same.any(1), j_ctx[rows, first_same], j_query)
+
+    same = ctx_class == query_class[:, None]
+    same_class_pair = torch.where(same.any(1), same.float().argmax(1), torch.full_like(query_class, -1))
+    if evaluator in ("icl", "flip"):
+        target = labels[rows, lead_pair]
+    else:
+        target = query_label
+    holds = labels == target[:, None]
+    target_pair = torch.where(holds.any(1), holds.float().argmax(1), torch.full_like(target, -1))
+
+    bank = exemplar_bank(task, dev)
+    exemplars = torch.cat([bank[ctx_class, j_ctx], bank[query_class, j_query][:, None]], 1)
+    return Batch(exemplars, labels, query_label, target, target_pair, same_class_pair, evaluator)
+
+
+def make_batch(task: TaskConfig, evaluator: str, n: int = 512, seed: int = 0, holdout: bool = False,
+               device: torch.device | str = "cpu") -> Batch:
+    """A deterministic batch of `n` sequences for one evaluator (DESIGN, "Evaluators")."""
+    if n < 1:
+        raise ConfigError(f"batch size n must be >= 1, got {n}")
+    if holdout and task.holdout_classes == 0:
+        raise ConfigError("holdout batches need a task with holdout_classes > 0")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return _sample(task, evaluator, n, gen, holdout)
+
+
+def sample_train(task: TaskConfig, n: int, gen: torch.Generator) -> Batch:
+    """The training distribution, drawn from the training stream's generator."""
+    return _sample(task, "train", n, gen, holdout=False)
+
+
+def predictions(logits: Float[Tensor, "... n labels"], batch: Batch) -> Int[Tensor, "... n"]:
+    """In-context prediction: argmax over the labels present in the context (full argmax for `iwl`)."""
+    if batch.evaluator == "iwl":
+        return logits.argmax(-1)
+    labels = batch.labels.expand(*logits.shape[:-1], -1)
+    return labels.gather(-1, logits.gather(-1, labels).argmax(-1, keepdim=True)).squeeze(-1)
+
+
+def accuracy(logits: Float[Tensor, "... n labels"], batch: Batch) -> Float[Tensor, "..."]:
+    """In-context accuracy, over any leading dims of `logits` (e.g. one per ablated head)."""
+    return (predictions(logits, batch) == batch.target).float().mean(-1)
+
+
+def loss(logits: Float[Tensor, "... n labels"], batch: Batch) -> Float[Tensor, "..."]:
+    """Cross-entropy at the query over all labels, against the evaluator's target."""
+    target = batch.target.expand(logits.shape[:-1])
+    return F.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction="none").reshape(target.shape).mean(-1)

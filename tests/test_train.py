@@ -1,0 +1,99 @@
+import importlib
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+import coopinterp as ci
+from coopinterp.checkpoints import load_tensors
+from coopinterp.train import TrainingInterrupted, checkpoint_schedule
+
+
+def test_tiny_run_learns(tiny_run):
+    m = tiny_run.metrics
+    train = m[(m.evaluator == "train") & (m.metric == "loss")].sort_values("step")
+    assert train.value.iloc[-1] < 0.5 * train.value.iloc[0]
+    assert set(m.evaluator) == set(ci.EVALUATORS)
+    assert tiny_run.steps == checkpoint_schedule(tiny_run.config.train.steps, tiny_run.config.train.n_checkpoints)
+    assert list(m.columns) == ["run", "step", "seqs_seen", "analysis", "metric", "evaluator", "layer", "head",
+                               "src_layer", "src_head", "component", "value"]
+
+
+def test_checkpoint_schedule_is_log_then_linear():
+    s = checkpoint_schedule(300_000, 16)
+    assert s[0] == 0 and s[-1] == 300_000 and len(s) == 16
+    gaps = [b - a for a, b in zip(s, s[1:])]
+    assert gaps[1] < gaps[5] < gaps[-1]
+
+
+def _all_weights(run):
+    out = {}
+    for step in run.steps:
+        w, _ = load_tensors(run.path / "checkpoints" / f"step_{step:09d}.safetensors")
+        out[step] = w
+    return out
+
+
+def test_resume_is_bit_identical(tmp_path, tiny_config, monkeypatch):
+    cfg = tiny_config.replace(train={"steps": 120, "eval_every": 40, "n_checkpoints": 4},
+                              task={"holdout_classes": 16}, name="r")
+    whole = ci.train(cfg, tmp_path / "whole", progress=False, device="cpu")
+
+    # Interrupt at step 57 through a KeyboardInterrupt from inside the loop, then resume.
+    tr = importlib.import_module("coopinterp.train")
+    real = tr.sample_train
+    calls = {"n": 0}
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 58:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(tr, "sample_train", flaky)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 57"):
+        ci.train(cfg, tmp_path / "split", progress=False, device="cpu")
+    monkeypatch.setattr(tr, "sample_train", real)
+    split = ci.train(cfg, tmp_path / "split", progress=False, device="cpu")
+
+    a, b = _all_weights(whole), _all_weights(split)
+    assert a.keys() == b.keys()
+    for step in a:
+        for name in a[step]:
+            assert torch.equal(a[step][name], b[step][name]), (step, name)
+    pd.testing.assert_frame_equal(whole.metrics.drop(columns="run"), split.metrics.drop(columns="run"))
+    assert "icl/holdout" in set(whole.metrics.evaluator)
+
+
+def test_resume_refuses_a_different_config(tmp_path, tiny_config):
+    cfg = tiny_config.replace(train={"steps": 20, "eval_every": 10})
+    ci.train(cfg, tmp_path / "r", progress=False, device="cpu")
+    with pytest.raises(ci.CoopError, match="train.lr: saved 0.003, given 0.1"):
+        ci.train(cfg.replace(train={"lr": 0.1}), tmp_path / "r", progress=False, device="cpu")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(ci.CoopError, match="not empty"):
+        ci.train(cfg, tmp_path / "other", progress=False, device="cpu")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
+
+
+def test_forgetting_resets_label_embedding(tmp_path, tiny_config):
+    cfg = tiny_config.replace(train={"steps": 30, "eval_every": 10, "n_checkpoints": 3, "forgetting": "temporary",
+                                     "forget_every": 10, "forget_until": 25})
+    run = ci.train(cfg, tmp_path / "f", progress=False, device="cpu")
+    fresh = ci.CoopModel(cfg.task, cfg.model, seed=0)
+    fresh.reset_label_embedding(torch.Generator().manual_seed(0 * 1_000_003 + 20))
+    # forgetting at step 20 re-draws the label embedding; after it, training moves it by only 10 steps
+    w = run.model(run.steps[-1]).weights()["embed.weight"]
+    assert (w - fresh.label_embedding).abs().max() < 10 * cfg.train.lr * 1.5
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    from coopinterp.tables import atomic_path
+    target = tmp_path / "x.bin"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["x.bin"]
