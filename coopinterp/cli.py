@@ -128,3 +128,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+from . import cli_minimal  # noqa: E402,F401

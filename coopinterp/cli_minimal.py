@@ -1,0 +1,94 @@
+"""CLI commands `minimal` (the minimal coopetition model) and `import-tl` (legacy TL checkpoints)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli import app, console, err_console, friendly
+from .errors import CoopError
+
+FORMATS = ("html", "png", "csv")
+
+
+def _formats(spec: str) -> set[str]:
+    chosen = {f.strip() for f in spec.split(",") if f.strip()}
+    unknown = chosen - set(FORMATS)
+    if unknown:
+        raise CoopError(f"--format: unknown format(s) {', '.join(sorted(unknown))}; choose from {', '.join(FORMATS)}")
+    return chosen
+
+
+def _write_png(fig, path: Path) -> bool:
+    """PNG through kaleido, which needs Chromium; without them, warn in one line and skip."""
+    if importlib.util.find_spec("kaleido") is None:
+        err_console.print(f"[yellow]warning:[/] kaleido is not installed; skipped {path}", highlight=False)
+        return False
+    try:
+        fig.write_image(path, width=1000, height=800)
+    except Exception as e:  # kaleido reports a missing or broken Chromium with several exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        err_console.print(f"[yellow]warning:[/] PNG export failed ({first}); skipped {path}", highlight=False)
+        return False
+    return True
+
+
+@app.command("minimal")
+@friendly
+def minimal_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder for minimal.parquet, minimal.html, minimal.png."),
+    steps: int = typer.Option(16_000, help="Gradient-descent steps."),
+    seed: int = typer.Option(7, help="Seed for targets and initial vectors."),
+    init_scale: float = typer.Option(1.0, "--init-scale", help="Initial vectors ~ init_scale * N(0, I) (paper: 1)."),
+    every: int = typer.Option(10, help="Record metrics every this many steps."),
+    format_spec: str = typer.Option("html,png", "--format", help="Comma-separated extra outputs: html, png, csv."),
+) -> None:
+    """Run the minimal coopetition model: ICL (a-path) rises, then fades as CIWL (d-path) takes over."""
+    from .minimal import minimal_figure, run_minimal, summarize_minimal
+    from .tables import write_table
+
+    formats = _formats(format_spec)
+    df = run_minimal(steps=steps, seed=seed, init_scale=init_scale, every=every)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_table(df, out / "minimal.parquet")]
+    if "csv" in formats:
+        written.append(write_table(df, out / "minimal.csv"))
+    if formats & {"html", "png"}:
+        fig = minimal_figure(df)
+        if "html" in formats:
+            fig.write_html(out / "minimal.html", include_plotlyjs=True)
+            written.append(out / "minimal.html")
+        if "png" in formats and _write_png(fig, out / "minimal.png"):
+            written.append(out / "minimal.png")
+    s = summarize_minimal(df)
+    overtakes = "never" if s.ciwl_overtakes_step is None else f"at step {s.ciwl_overtakes_step}"
+    divot = ("none" if s.l2_divot_step is None
+             else f"loss_L2 rises {s.l2_divot_height:.3f} above its running minimum at step {s.l2_divot_step}")
+    console.print(f"ICL strength peaks at {s.icl_peak:.3f} (step {s.icl_peak_step}), ends at {s.icl_final:.3f}; "
+                  f"CIWL overtakes {overtakes}, ends at {s.ciwl_final:.3f}; divot: {divot}", highlight=False)
+    console.print("wrote " + ", ".join(map(str, written)), highlight=False)
+
+
+@app.command("import-tl")
+@friendly
+def import_tl_cmd(
+    src_dir: Path = typer.Argument(..., help="Folder of legacy HookedTransformer state dicts (.pt/.pth/...)."),
+    out: Path = typer.Option(..., "--out", help="New run directory (must not exist or be empty)."),
+    config: Path = typer.Option(..., "--config", help="RunConfig JSON the checkpoints were trained under."),
+    pattern: Optional[str] = typer.Option(None, help="Regex on file names; its first group is the step "
+                                                     "(default: the last integer in the name)."),
+    exemplar_keys: str = typer.Option("exemplar_embed.weight,exemplar_embed.bias", "--exemplar-keys",
+                                      help="Names of the exemplar embedding's weight and bias in the files."),
+) -> None:
+    """Import legacy transformer-lens checkpoints of a compatible model as a coopinterp run."""
+    from .config import RunConfig
+    from .legacy import import_tl_checkpoints
+
+    keys = tuple(k.strip() for k in exemplar_keys.split(","))
+    if len(keys) != 2 or not all(keys):
+        raise CoopError(f"--exemplar-keys needs two comma-separated names (weight,bias), got {exemplar_keys!r}")
+    run = import_tl_checkpoints(src_dir, out, RunConfig.from_json(config), pattern=pattern, exemplar_keys=keys)
+    console.print(f"imported {len(run.steps)} checkpoint(s) into {run.path}: steps {', '.join(map(str, run.steps))}",
+                  highlight=False)
