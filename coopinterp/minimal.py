@@ -13,7 +13,9 @@ The paper's code (aadityasingh/icl-dynamics, `coopetition_model_solver.py`) draw
 initial vectors from N(0, I) (init scale 1) and plots the two mechanisms' losses. Here each
 mechanism's strength is also read out as its overlap with its target,
     icl_strength  = <a⊗b⊗c, a*⊗b*⊗c*> / |a*⊗b*⊗c*|²,  ciwl_strength likewise with d,
-which is 1 when the mechanism reproduces its target exactly and 0 when it contributes nothing.
+which is 1 when the mechanism reproduces its target exactly and 0 when it contributes nothing (it can
+overshoot 1 briefly). The "divot" is the slower mechanism's loss L2 rising while ICL forms, before CIWL
+drives it to zero: the non-monotonic formation of the slower strategy the paper reports.
 All seeds run at once as a batch (the leading dimension of every vector).
 """
 from __future__ import annotations
@@ -115,7 +117,9 @@ def run_minimal(steps: int = 16_000, seed: int | Sequence[int] = 7, init_scale: 
     values = torch.stack(records)  # [logged step, metric, seed]
     if not torch.isfinite(values).all():
         raise CoopError(f"minimal model diverged (non-finite values); lower lr (got {lr}) or init_scale")
+    values = values.numpy()
     names = ["minimal"] if len(seeds) == 1 else [f"minimal_seed{s}" for s in seeds]
+    # Full-batch gradient descent sees no sequences; seqs_seen repeats the step to fill the schema.
     return table({"run": names[k], "step": step, "seqs_seen": step, "analysis": "minimal", "metric": metric,
                   "value": float(values[i, m, k])}
                  for k in range(len(seeds)) for i, step in enumerate(logged) for m, metric in enumerate(METRICS))
