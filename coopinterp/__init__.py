@@ -7,6 +7,8 @@ from .errors import CheckpointError, ConfigError, CoopError  # noqa: E402
 from .model import CoopModel  # noqa: E402
 from .task import EVALUATORS, Batch, make_batch  # noqa: E402
 from .train import train  # noqa: E402
+from .analysis import analyze  # noqa: E402
 
 __all__ = ["Run", "load_run", "RunConfig", "TaskConfig", "ModelConfig", "TrainConfig", "preset", "CoopError",
-           "ConfigError", "CheckpointError", "CoopModel", "EVALUATORS", "Batch", "make_batch", "train"]
+           "ConfigError", "CheckpointError", "CoopModel", "EVALUATORS", "Batch", "make_batch", "train",
+           "analyze"]

@@ -129,3 +129,4 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 from . import cli_minimal  # noqa: E402,F401
+from . import cli_analysis  # noqa: E402,F401

@@ -1,0 +1,80 @@
+"""`coopinterp analyze`: the per-step metric table of a run, written to parquet or CSV."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .cli import app, console, friendly
+from .errors import ConfigError, CoopError
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+@app.command("analyze")
+@friendly
+def analyze_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    analyses: Optional[str] = typer.Option(None, "--analyses", help="Comma-separated analyses (default: all)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated checkpoint steps (default: all)."),
+    n: int = typer.Option(512, "--n", help="Sequences per evaluator batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Table path, .parquet or .csv "
+                                       "(default: RUN/analysis/table.parquet)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Compute the tidy per-step metric table (cached per step and analysis under RUN/analysis/)."""
+    from .analysis import analyze
+    from .checkpoints import load_run
+    from .tables import write_table
+
+    run = load_run(run_dir)
+    names = [a.strip() for a in analyses.split(",") if a.strip()] if analyses is not None else None
+    t0 = time.perf_counter()
+    df = analyze(run, names, steps=_ints(steps, "--steps") if steps is not None else None, n=n, seed=seed,
+                 progress=progress)
+    out = out or run.path / "analysis" / "table.parquet"
+    try:
+        write_table(df, out)
+    except OSError as e:
+        raise CoopError(f"cannot write {out}: {e.strerror or e}") from None
+    console.print(f"analyzed [bold]{run.name}[/]: {df.step.nunique()} checkpoints, {len(df)} rows "
+                  f"in {time.perf_counter() - t0:.1f} s -> {out}", highlight=False)
+    _summary(df)
+
+
+def _summary(df) -> None:
+    """Rows per analysis, and a few headline numbers at the last step."""
+    last = df[df.step == df.step.max()]
+    table = Table(title=f"at step {int(df.step.max())}")
+    table.add_column("analysis")
+    table.add_column("rows", justify="right")
+    table.add_column("headline")
+    for analysis, g in df.groupby("analysis", sort=False):
+        table.add_row(str(analysis), str(len(g)), _headline(last[last.analysis == analysis]))
+    console.print(table)
+
+
+def _headline(g) -> str:
+    if g.empty:
+        return ""
+    if g.analysis.iloc[0] == "behavior":
+        acc = g[g.metric == "acc"]
+        return "acc " + " ".join(f"{ev} {v:.2f}" for ev, v in zip(acc.evaluator, acc.value))
+    if g.analysis.iloc[0] == "attention":
+        best = g.loc[g.groupby("metric").value.idxmax()]
+        return "max " + " ".join(f"{m} {v:.2f} ({l}.{h})" for m, v, l, h in
+                                 zip(best.metric, best.value, best.layer, best["head"]))
+    if g.analysis.iloc[0] == "composition":
+        best = g[~g.metric.str.endswith("_baseline")].groupby("metric").value.max()
+        base = g[g.metric.str.endswith("_baseline")].value.mean()
+        return "max " + " ".join(f"{m} {v:.2f}" for m, v in best.items()) + f" (random {base:.2f})"
+    return ""
