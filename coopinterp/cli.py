@@ -48,6 +48,7 @@ def train_cmd(
     preset: str = typer.Option("demo", help="Preset: paper, demo or tiny."),
     config: Optional[Path] = typer.Option(None, "--config", help="RunConfig JSON; replaces the preset."),
     seed: Optional[int] = typer.Option(None, help="Override train.seed."),
+    seeds: Optional[str] = typer.Option(None, help="Train many seeds at once ('0-31' or '0,2,5') into OUT/seed_{s}/."),
     steps: Optional[int] = typer.Option(None, help="Override train.steps."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if present)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -62,6 +63,18 @@ def train_cmd(
         rc = rc.replace(train=overrides)
     device = _device(device) or default_device()
     t0 = time.perf_counter()
+    if seeds is not None:
+        from .cli_sweep import print_seed_runs
+        from .multiseed import parse_seeds, train_seeds
+
+        if seed is not None:
+            raise CoopError("give --seed or --seeds, not both")
+        try:
+            runs = train_seeds(rc, parse_seeds(seeds), out, progress=progress, device=device)
+        except TrainingInterrupted as e:
+            fail(str(e), code=130)
+        print_seed_runs(runs, time.perf_counter() - t0)
+        return
     try:
         run = train(rc, out, progress=progress, device=device)
     except TrainingInterrupted as e:
@@ -130,3 +143,4 @@ if __name__ == "__main__":
     main()
 from . import cli_minimal  # noqa: E402,F401
 from . import cli_analysis  # noqa: E402,F401
+from . import cli_sweep  # noqa: E402,F401

@@ -43,6 +43,13 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(device: str | None) -> str:
+    device = device or default_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CoopError("--device cuda requested but no CUDA device is available")
+    return device
+
+
 def eval_batches(config: RunConfig, device: str) -> dict[str, Batch]:
     """Fixed evaluation batches (train classes, and holdout classes when the task has them)."""
     task, n = config.task, config.train.eval_n
@@ -128,9 +135,14 @@ def _forget_now(config: RunConfig, step: int) -> bool:
     return t.forgetting == "active" or step < t.forget_until
 
 
+def forget_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of the forgetting re-init at `step`: a function of (seed, step), so resume is exact."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
 def _forget(model: CoopModel, opt: torch.optim.Optimizer, seed: int, step: int) -> None:
     """Re-initialise the label embedding and its Adam state (Anand et al.'s forgetting)."""
-    model.reset_label_embedding(torch.Generator().manual_seed(seed * 1_000_003 + step))
+    model.reset_label_embedding(forget_generator(seed, step))
     for value in opt.state.get(model.label_embedding, {}).values():
         value.zero_()
 
@@ -138,9 +150,7 @@ def _forget(model: CoopModel, opt: torch.optim.Optimizer, seed: int, step: int) 
 def train(config: RunConfig, out_dir: str | Path, progress: bool = True, device: str | None = None) -> Run:
     """Train (or resume) a run into `out_dir`; returns the loaded Run."""
     config.validate()
-    device = device or default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CoopError("--device cuda requested but no CUDA device is available")
+    device = resolve_device(device)
     out = Path(out_dir)
     _prepare_dir(config, out)
     t = config.train

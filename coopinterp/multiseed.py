@@ -1,0 +1,286 @@
+"""Many seeds in one process: S independent models trained at once as stacked `[S, ...]` tensors.
+
+Seed s follows the single-seed recipe of train.py: CoopModel(task, model, seed=s) init, its own data
+generator seeded with s, Adam on its own slice (Adam is elementwise, so one Adam over stacked tensors is S
+Adams), the same forgetting re-inits. Every seed writes OUT/seed_{s}/ in exactly the single-seed format
+(run.json, checkpoints, metrics.parquet, state), going through one template CoopModel, so a seed directory
+can be analysed, or resumed by `train`, like any other run. Results agree with single-seed runs up to float
+rounding (batched matmuls sum in another order).
+
+The forward is written over a seed dim with batched matmuls rather than `torch.func.vmap` over
+`CoopModel.fast_logits`: the two ran at the same speed on CPU, but vmap has no batching rule for CPU
+attention (it falls back to a loop) and hides the gradient layout used below.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors import safe_open
+from torch import Tensor
+
+from .checkpoints import Run, load_run, save_checkpoint
+from .config import RunConfig
+from .errors import CheckpointError, ConfigError
+from .model import CoopModel
+from .tables import concat, read_table, table, write_table
+from .task import Batch, accuracy, loss, sample_train
+from .train import (TrainingInterrupted, _forget_now, _metric_rows, _prepare_dir, _State, checkpoint_schedule,
+                    eval_batches, forget_generator, resolve_device)
+
+EVAL_FLOATS = 2**25  # evaluate seeds in chunks whose logits stay under ~128 MB
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-31' -> [0, ..., 31]; '0,2,5' -> [0, 2, 5]; ranges and lists mix ('0-3,8')."""
+    seeds: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise ConfigError(f"bad seed list {text!r}: use e.g. '0-31' or '0,2,5'")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        seeds.extend(range(lo, hi + 1))
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seed list {text!r} repeats a seed")
+    return seeds
+
+
+def seed_dir(out: str | Path, seed: int) -> Path:
+    return Path(out) / f"seed_{seed}"
+
+
+def _layer_norm(x: Float[Tensor, "S ... d"], w: Float[Tensor, "S d"], b: Float[Tensor, "S d"],
+                eps: float) -> Float[Tensor, "S ... d"]:
+    shape = (w.shape[0],) + (1,) * (x.dim() - 2) + (w.shape[1],)
+    return torch.addcmul(b.view(shape), F.layer_norm(x, x.shape[-1:], eps=eps), w.view(shape))
+
+
+def _linear(x: Float[Tensor, "S ... d_in"], w: Float[Tensor, "S d_out d_in"],
+            b: Float[Tensor, "S d_out"]) -> Float[Tensor, "S ... d_out"]:
+    y = torch.baddbmm(b[:, None], x.flatten(1, -2), w.mT)
+    return y.unflatten(1, x.shape[1:-1])
+
+
+def stacked_logits(w: dict[str, Tensor], n_heads: int, eps: float, exemplars: Float[Tensor, "S n pairs_plus_1 dim"],
+                   label_embeds: Float[Tensor, "S n pairs d_model"]) -> Float[Tensor, "S n labels"]:
+    """`CoopModel.fast_logits` for S models at once; `w` holds `weights()` tensors stacked on a seed dim."""
+    S, n = exemplars.shape[:2]
+    x = _linear(exemplars, w["exemplar_embed.weight"], w["exemplar_embed.bias"])
+    h = torch.cat([torch.stack([x[:, :, :-1], label_embeds], 3).flatten(2, 3), x[:, :, -1:]], 2)
+    h = h + w["pos_embed.weight"][:, None, : h.shape[2]]
+    d = h.shape[-1]
+    n_layers = sum(1 for k in w if k.endswith(".ln1.weight"))
+    for i in range(n_layers):
+        p = f"blocks.{i}."
+        x = _layer_norm(h, w[p + "ln1.weight"], w[p + "ln1.bias"], eps)
+        last = i == n_layers - 1
+        q, k, v = (_linear(x[:, :, -1:] if last and m == "q" else x, w[f"{p}attn.{m}.weight"], w[f"{p}attn.{m}.bias"])
+                   for m in "qkv")
+        # attention has no weights: fold the seed dim into the batch dim
+        q, k, v = (t.reshape(S * n, t.shape[2], n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=not last).transpose(1, 2).reshape(S, n, -1, d)
+        out = _linear(z, w[p + "attn.o.weight"], w[p + "attn.o.bias"])
+        h = h[:, :, -1:] + out if last else h + out
+    x = _layer_norm(h[:, :, -1], w["ln_final.weight"], w["ln_final.bias"], eps)
+    # (W_U x^T)^T rather than x W_U^T: W_U's gradient then comes out in W_U's own layout (no transposing copy)
+    return torch.baddbmm(w["unembed.bias"][:, :, None], w["unembed.weight"], x.mT).mT
+
+
+class SeedStack:
+    """S models of one config as stacked tensors keyed by checkpoint names, one Adam over them, and one
+    template CoopModel through which each seed's checkpoints and resume state are written in the
+    single-seed format."""
+
+    def __init__(self, config: RunConfig, seeds: list[int], device: str):
+        self.config, self.seeds, self.device = config, seeds, device
+        task, mcfg = config.task, config.model
+        self.shell = CoopModel(task, mcfg, seed=seeds[0]).to(device)
+        per_seed = [CoopModel(task, mcfg, seed=s).weights() for s in seeds]
+        names = {v.data_ptr(): k for k, v in self.shell.weights().items()}
+        shell_params = [p for p in self.shell.parameters() if p.requires_grad]
+        self.param_names = [names[p.data_ptr()] for p in shell_params]  # the optimizer's order, as in train.py
+        self.w = {k: torch.stack([ws[k] for ws in per_seed]).to(device).requires_grad_(k in self.param_names)
+                  for k in per_seed[0]}
+        self.opt = torch.optim.Adam([self.w[k] for k in self.param_names], lr=config.train.lr, fused=True)
+        self.shell_opt = torch.optim.Adam(shell_params, lr=config.train.lr, fused=True)  # a state container only
+        self.eps = self.shell.bridge.ln_final.original_component.eps
+        self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        emb = self.w["embed.weight"]
+        emb.grad = torch.zeros_like(emb)
+        self.row_offset = torch.arange(len(seeds), device=device)[:, None, None] * emb.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    @torch.no_grad()
+    def _to_shell(self, j: int) -> None:
+        self.shell.load_weights({k: v[j] for k, v in self.w.items()})
+
+    def save_checkpoint(self, j: int, run_dir: Path, step: int) -> None:
+        t = self.config.train
+        self._to_shell(j)
+        save_checkpoint(run_dir, self.shell, step, step * t.batch_size, t.checkpoint_dtype)
+
+    def save_state(self, j: int, run_dir: Path, step: int) -> None:
+        self._to_shell(j)
+        self.shell_opt.state.clear()
+        for p, stacked in zip(self.shell_opt.param_groups[0]["params"], self.opt.param_groups[0]["params"]):
+            if stacked in self.opt.state:
+                st = self.opt.state[stacked]
+                self.shell_opt.state[p] = {"step": st["step"], "exp_avg": st["exp_avg"][j],
+                                           "exp_avg_sq": st["exp_avg_sq"][j]}
+        _State(run_dir).save(step, self.shell, self.shell_opt, self.gens[j])
+
+    @torch.no_grad()
+    def load_state(self, j: int, run_dir: Path) -> int:
+        self.shell_opt.state.clear()
+        step = _State(run_dir).load(self.shell, self.shell_opt, self.gens[j])
+        for k, v in self.shell.weights().items():
+            self.w[k][j].copy_(v)
+        for p, stacked in zip(self.shell_opt.param_groups[0]["params"], self.opt.param_groups[0]["params"]):
+            if p in self.shell_opt.state:
+                src = self.shell_opt.state[p]
+                dst = self.opt.state.setdefault(stacked, {"exp_avg": torch.zeros_like(stacked),
+                                                          "exp_avg_sq": torch.zeros_like(stacked)})
+                dst["step"] = src["step"].clone()
+                dst["exp_avg"][j].copy_(src["exp_avg"])
+                dst["exp_avg_sq"][j].copy_(src["exp_avg_sq"])
+        return step
+
+    @torch.no_grad()
+    def forget(self, step: int) -> None:
+        """train._forget for every seed: re-draw each label embedding, zero its Adam state."""
+        for j, s in enumerate(self.seeds):
+            self.shell.reset_label_embedding(forget_generator(s, step))
+            self.w["embed.weight"][j].copy_(self.shell.label_embedding)
+        for value in self.opt.state.get(self.w["embed.weight"], {}).values():
+            value.zero_()
+
+    def sample(self) -> tuple[Float[Tensor, "S n pairs_plus_1 dim"], Int[Tensor, "S n pairs"], Int[Tensor, "S n"]]:
+        """One training batch per seed, each from its own generator (the single-seed stream)."""
+        batches = [sample_train(self.config.task, self.config.train.batch_size, g) for g in self.gens]
+        return tuple(torch.stack([getattr(b, f) for b in batches]) for f in ("exemplars", "labels", "target"))
+
+    def train_step(self, exemplars: Float[Tensor, "S n pairs_plus_1 dim"], labels: Int[Tensor, "S n pairs"],
+                   target: Int[Tensor, "S n"]) -> None:
+        """One Adam step of every seed on the sum of the per-seed mean losses."""
+        emb = self.w["embed.weight"]
+        d = emb.shape[-1]
+        # The label embedding's gradient lives in one persistent buffer that is zeroed only on the rows a step
+        # touched: autograd would allocate and zero the whole [S, labels, d] tensor every step (~15% of a step).
+        rows = (labels + self.row_offset).flatten()
+        lab = emb.detach().view(-1, d)[rows].view(*labels.shape, d).requires_grad_()
+        logits = stacked_logits(self.w, self.config.model.n_heads, self.eps, exemplars, lab)
+        per_seed = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(len(self), -1)
+        for name in self.param_names:
+            if name != "embed.weight":
+                self.w[name].grad = None
+        per_seed.mean(1).sum().backward()
+        emb.grad.view(-1, d).index_add_(0, rows, lab.grad.view(-1, d))
+        self.opt.step()
+        emb.grad.view(-1, d).index_fill_(0, rows, 0)
+
+    @torch.no_grad()
+    def evaluate(self, batches: dict[str, Batch]) -> list[dict[str, dict[str, float]]]:
+        """train.evaluate for every seed, with one host sync at the end."""
+        out: dict[str, dict[str, list[Tensor]]] = {name: {"acc": [], "loss": []} for name in batches}
+        for name, batch in batches.items():
+            chunk = max(1, EVAL_FLOATS // (len(batch) * self.config.task.labels))
+            for a in range(0, len(self), chunk):
+                w = {k: v[a: a + chunk] for k, v in self.w.items()}
+                S = w["embed.weight"].shape[0]
+                lab = w["embed.weight"][torch.arange(S, device=self.device)[:, None, None], batch.labels[None]]
+                ex = batch.exemplars[None].expand(S, *batch.exemplars.shape)
+                logits = stacked_logits(w, self.config.model.n_heads, self.eps, ex, lab)
+                out[name]["acc"].append(accuracy(logits, batch))
+                out[name]["loss"].append(loss(logits, batch))
+        values = {name: {m: torch.cat(v).tolist() for m, v in ms.items()} for name, ms in out.items()}
+        return [{name: {m: v[j] for m, v in ms.items()} for name, ms in values.items()} for j in range(len(self))]
+
+
+def _saved_step(run_dir: Path) -> int:
+    path = _State(run_dir).path
+    if not path.exists():
+        return 0
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {})["step"])
+    except Exception as e:  # any damage: one line naming the file
+        raise CheckpointError(f"resume state {path} is corrupt ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def _train_group(config: RunConfig, seeds: list[int], out: Path, start: int, progress: bool, device: str) -> None:
+    """Train seeds that all resume from `start` together, like train.train does for one."""
+    t = config.train
+    stack = SeedStack(config, seeds, device)
+    dirs = [seed_dir(out, s) for s in seeds]
+    if start:
+        for j, d in enumerate(dirs):
+            stack.load_state(j, d)
+    metrics = []
+    for d in dirs:
+        path = d / "metrics.parquet"
+        m = read_table(path) if start and path.exists() else table([])
+        metrics.append(m[m.step < start])
+    schedule = set(checkpoint_schedule(t.steps, t.n_checkpoints))
+    batches = eval_batches(config, device)
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), disable=not progress)
+    step = start
+    with bar:
+        task_id = bar.add_task(f"train {config.name} x{len(seeds)} seeds", total=t.steps, completed=start, stats="")
+        try:
+            while True:
+                if step in schedule:
+                    for j, d in enumerate(dirs):
+                        stack.save_checkpoint(j, d, step)
+                if step % t.eval_every == 0 or step == t.steps:
+                    results = stack.evaluate(batches)
+                    for j, d in enumerate(dirs):
+                        metrics[j] = concat([metrics[j], _metric_rows(config.name, step, step * t.batch_size,
+                                                                      results[j])])
+                        write_table(metrics[j], d / "metrics.parquet")
+                        stack.save_state(j, d, step)
+                    mean = {ev: sum(r[ev]["acc"] for r in results) / len(results) for ev in ("icl", "ciwl", "flip")}
+                    bar.update(task_id, completed=step, stats="mean over seeds: " + "  ".join(
+                        f"{ev} {v:.2f}" for ev, v in mean.items()))
+                if step == t.steps:
+                    break
+                if _forget_now(config, step):
+                    stack.forget(step)
+                stack.train_step(*stack.sample())
+                step += 1
+                if step % 100 == 0:
+                    bar.update(task_id, completed=step)
+        except KeyboardInterrupt:
+            for j, d in enumerate(dirs):
+                write_table(metrics[j][metrics[j].step <= step], d / "metrics.parquet")
+                stack.save_state(j, d, step)
+            raise TrainingInterrupted(f"interrupted at step {step}; state of seeds {seeds} saved under {out}, "
+                                      "run the same command again to resume") from None
+
+
+def train_seeds(config: RunConfig, seeds: list[int], out_dir: str | Path, progress: bool = True,
+                device: str | None = None) -> list[Run]:
+    """Train (or resume) one run per seed into OUT/seed_{s}/, all seeds at once; returns their Runs.
+
+    Seeds whose saved states stand at different steps (e.g. a seed list extended later) train in groups.
+    """
+    config.validate()
+    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ConfigError(f"seeds must be distinct non-negative integers, got {seeds}")
+    device = resolve_device(device)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    configs = {s: config.replace(train={"seed": s}) for s in seeds}
+    for s in seeds:
+        _prepare_dir(configs[s], seed_dir(out, s))
+    starts = {s: _saved_step(seed_dir(out, s)) for s in seeds}
+    for start in sorted(set(starts.values())):
+        _train_group(config, [s for s in seeds if starts[s] == start], out, start, progress, device)
+    return [load_run(seed_dir(out, s)) for s in seeds]
