@@ -1,0 +1,256 @@
+"""Head ablations, and the batched engine that every intervention here (ablation, path patching, clamping) runs on.
+
+The engine is the model's attention-only forward written in plain torch over the bridge's TL weights
+(`W_Q` [layer, head, d_model, d_head], ...), with a leading `sets` dim: each set is one intervention, and
+all sets of a call share one pass. A TL hook edits one forward at a time, so the hooked way needs a forward
+per head (and the bridge unembeds every position, 12,800 labels each). The hooked references below
+(`ablate_hooked`, ...) state the semantics in TL terms; tests keep the engine equal to them.
+
+Ablating a head replaces its output (`hook_z`, hence `hook_result`) at every position with:
+  zero      0;
+  mean      its mean over the batch, per position;
+  resample  its value on another sequence of the same batch (a fixed derangement: no sequence keeps its own).
+Replacement values always come from the clean run, so ablating heads of both layers together means what the
+hooked reference means.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..model import CoopModel
+from ..task import Batch
+
+Head = tuple[int, int]  # (layer, head), 0-indexed
+MODES = ("zero", "mean", "resample")
+Z = Float[Tensor, "*sets n pos head d_head"]
+Pattern = Float[Tensor, "*sets n head q_pos k_pos"]
+EditZ = Callable[[int, Z], Z]
+EditPattern = Callable[[int, Pattern], Pattern]
+ROW_BLOCK = 1 << 19  # logits per unembedding block in `Engine.score` (2 MB: stays in cache)
+
+
+def parse_heads(spec: str, cfg: ModelConfig) -> list[Head]:
+    """'0.3,1.5' -> [(0, 3), (1, 5)]; a malformed or out-of-range head is a ConfigError."""
+    heads: list[Head] = []
+    for item in spec.split(","):
+        parts = item.strip().split(".")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ConfigError(f"bad head {item.strip()!r} in {spec!r}: write heads as LAYER.HEAD, e.g. 0.3,1.5")
+        heads.append(check_head((int(parts[0]), int(parts[1])), cfg))
+    return list(dict.fromkeys(heads))
+
+
+def check_head(head: Head, cfg: ModelConfig) -> Head:
+    layer, h = head
+    if not (0 <= layer < cfg.n_layers and 0 <= h < cfg.n_heads):
+        raise ConfigError(f"no head {layer}.{h}: the model has layers 0-{cfg.n_layers - 1} "
+                          f"and heads 0-{cfg.n_heads - 1}")
+    return layer, h
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"unknown ablation mode {mode!r}; choose from {', '.join(MODES)}")
+    return mode
+
+
+def derangement(n: int, seed: int = 0) -> Tensor:
+    """A fixed permutation with no fixed point (for n >= 2): each sequence takes the next one's on a random cycle."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.empty_like(order)
+    perm[order] = order.roll(-1)
+    return perm
+
+
+def replacement(z: Float[Tensor, "n pos head d_head"], mode: str, seed: int = 0) -> Float[Tensor, "n pos head d_head"]:
+    """What an ablated head's clean output is replaced with (module docstring)."""
+    check_mode(mode)
+    if mode == "zero":
+        return torch.zeros_like(z)
+    if mode == "mean":
+        return z.mean(0, keepdim=True).expand_as(z)
+    return z[derangement(z.shape[0], seed).to(z.device)]
+
+
+class Engine:
+    """The model's forward over a leading `sets` dim, with edit points on head outputs and attention patterns.
+
+    Hand-written (like `CoopModel.fast_logits`) because TL hooks cannot batch different edits into one pass.
+    The last layer computes only the query row: nothing else reaches the logits.
+    """
+
+    def __init__(self, model: CoopModel):
+        b = model.bridge
+        self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
+        self.W = {c: getattr(b, f"W_{c.upper()}").detach() for c in "qkvo"}
+        self.b = {c: getattr(b, f"b_{c.upper()}").detach() for c in "qkvo"}
+        # Heads side by side ([layer, d_model, head*d_head]): one plain matmul per projection.
+        self.W_in = {c: self.W[c].permute(0, 2, 1, 3).flatten(2) for c in "qkv"}
+        self.b_in = {c: self.b[c].flatten(1) for c in "qkv"}
+        self.W_out = self.W["o"].flatten(1, 2)
+        self.W_U, self.b_U = b.W_U.detach(), b.b_U.detach()
+        self.ln1 = [blk.ln1.original_component for blk in b.blocks]
+        self.ln_final = b.ln_final.original_component
+        self.scale = model.cfg.d_head ** -0.5
+
+    @staticmethod
+    def norm(ln: torch.nn.LayerNorm, x: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_model"]:
+        return F.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, ln.eps)
+
+    def project(self, layer: int, c: str, x: Float[Tensor, "*sets n pos d_model"]) -> Z:
+        """The `hook_{c}` value (c in q, k, v) of every head from the normalised stream."""
+        return (x @ self.W_in[c][layer] + self.b_in[c][layer]).unflatten(-1, (self.n_heads, -1))
+
+    def attend(self, q: Z, k: Z, v: Z, layer: int, edit_pattern: EditPattern | None = None) -> Z:
+        """Softmax attention of every head (causal unless q is the query row alone); returns `hook_z`."""
+        q, k, v = (t.transpose(-2, -3) for t in (q, k, v))  # head before pos
+        scores = q @ k.transpose(-1, -2) * self.scale
+        if q.shape[-2] > 1:
+            T = q.shape[-2]
+            scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        pattern = scores.softmax(-1)
+        if edit_pattern is not None:
+            pattern = edit_pattern(layer, pattern)
+        return (pattern @ v).transpose(-2, -3)
+
+    def result(self, layer: int, z: Z) -> Float[Tensor, "*sets n pos head d_model"]:
+        """Each head's write into the residual stream (`hook_result`), without the output bias."""
+        return torch.einsum("...the,hed->...thd", z, self.W["o"][layer])
+
+    def out(self, layer: int, z: Z) -> Float[Tensor, "*sets n pos d_model"]:
+        return z.flatten(-2) @ self.W_out[layer] + self.b["o"][layer]
+
+    def block(self, layer: int, h: Float[Tensor, "*sets n pos d_model"], edit_z: EditZ | None = None,
+              edit_pattern: EditPattern | None = None) -> tuple[Float[Tensor, "*sets n pos d_model"], Z]:
+        """One attention block; returns the stream after it (the query row alone after the last) and `hook_z`."""
+        last = layer == self.n_layers - 1
+        x = self.norm(self.ln1[layer], h)
+        q = self.project(layer, "q", x[..., -1:, :] if last else x)
+        z = self.attend(q, self.project(layer, "k", x), self.project(layer, "v", x), layer, edit_pattern)
+        if edit_z is not None:
+            z = edit_z(layer, z)
+        return (h[..., -1:, :] if last else h) + self.out(layer, z), z
+
+    def forward(self, resid: Float[Tensor, "n pos d_model"], edit_z: EditZ | None = None,
+                edit_pattern: EditPattern | None = None) -> tuple[Float[Tensor, "*sets n d_model"], list[Z]]:
+        """Final-LayerNorm output at the query (the unembedding's input) and every layer's `hook_z`."""
+        h, zs = resid, []
+        for layer in range(self.n_layers):
+            h, z = self.block(layer, h, edit_z, edit_pattern)
+            zs.append(z)
+        return self.norm(self.ln_final, h[..., -1, :]), zs
+
+    def logits(self, hidden: Float[Tensor, "*sets n d_model"]) -> Float[Tensor, "*sets n labels"]:
+        return hidden @ self.W_U + self.b_U
+
+    def score(self, hidden: Float[Tensor, "*sets n d_model"], batch: Batch) -> tuple[Float[Tensor, "*sets"],
+                                                                                     Float[Tensor, "*sets"]]:
+        """`task.accuracy` and `task.loss` of every set, unembedding a cache-sized block of rows at a time.
+
+        Hand-fused rather than `task.loss(self.logits(hidden))`: with 12,800 labels the logits of all sets
+        take GBs, and unembed + cross-entropy in blocks of ~40 rows that stay in cache runs ~2x faster
+        (measured) than per set; a test keeps both equal.
+        """
+        lead, n = hidden.shape[:-2], hidden.shape[-2]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        sets = flat.shape[0] // n
+        target, context = batch.target.repeat(sets), batch.labels.repeat(sets, 1)
+        correct, ce = [], []
+        for rows in torch.arange(flat.shape[0], device=flat.device).split(max(1, ROW_BLOCK // self.W_U.shape[1])):
+            logits = torch.addmm(self.b_U, flat[rows], self.W_U)
+            top, argmax = logits.max(-1, keepdim=True)
+            if batch.evaluator == "iwl":
+                pred = argmax[:, 0]
+            else:  # in-context prediction: argmax over the labels present in the context
+                pred = context[rows].gather(1, logits.gather(1, context[rows]).argmax(1, keepdim=True))[:, 0]
+            correct.append(pred == target[rows])
+            picked = logits.gather(1, target[rows, None])[:, 0]
+            ce.append(logits.sub_(top).exp_().sum(-1).log_() + top[:, 0] - picked)
+        acc = torch.cat(correct).float().reshape(*lead, n).mean(-1)
+        return acc, torch.cat(ce).reshape(*lead, n).mean(-1)
+
+
+def head_masks(head_sets: Sequence[Sequence[Head]], cfg: ModelConfig) -> Bool[Tensor, "sets layer head"]:
+    masks = torch.zeros(len(head_sets), cfg.n_layers, cfg.n_heads, dtype=torch.bool)
+    for i, heads in enumerate(head_sets):
+        for head in heads:
+            masks[(i, *check_head(head, cfg))] = True
+    return masks
+
+
+def masked_edit(masks: Bool[Tensor, "sets layer head"], values: list[Z]) -> EditZ:
+    """An `edit_z` that gives set s, at layer l, `values[l]` for the heads in masks[s, l], the clean z elsewhere."""
+    def edit(layer: int, z: Z) -> Z:
+        m = masks[:, layer].to(z.device)
+        if not m.any():
+            return z
+        return torch.where(m[:, None, None, :, None], values[layer], z)
+    return edit
+
+
+@torch.no_grad()
+def ablated_hidden(model: CoopModel, batch: Batch, head_sets: Sequence[Sequence[Head]], mode: str = "mean",
+                   seed: int = 0, engine: Engine | None = None) -> Float[Tensor, "sets n d_model"]:
+    """The unembedding's input at the query with each set of heads ablated together, in one batched pass."""
+    check_mode(mode)
+    engine = engine or Engine(model)
+    resid = model.residual(batch)
+    _, clean_z = engine.forward(resid)
+    values = [replacement(z, mode, seed) for z in clean_z]
+    hidden, _ = engine.forward(resid, edit_z=masked_edit(head_masks(head_sets, model.cfg), values))
+    return hidden.expand(len(head_sets), *hidden.shape[-2:])
+
+
+def ablate(model: CoopModel, batch: Batch, head_sets: Sequence[Sequence[Head]], mode: str = "mean",
+           seed: int = 0) -> Float[Tensor, "sets n labels"]:
+    """Logits at the query with each set of heads ablated together (mode zero | mean | resample)."""
+    engine = Engine(model)
+    with torch.no_grad():
+        return engine.logits(ablated_hidden(model, batch, head_sets, mode, seed, engine))
+
+
+def all_heads(cfg: ModelConfig) -> list[Head]:
+    return [(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+
+
+@torch.no_grad()
+def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
+    """Every head ablated alone, in every mode: acc and loss on every evaluator."""
+    engine, heads, out = Engine(model), all_heads(model.cfg), []
+    for ev, batch in batches.items():
+        for mode in MODES:
+            acc, ce = engine.score(ablated_hidden(model, batch, [[h] for h in heads], mode, engine=engine), batch)
+            for (layer, head), a, c in zip(heads, acc.tolist(), ce.tolist()):
+                base = {"evaluator": ev, "layer": layer, "head": head, "component": mode}
+                out += [{**base, "metric": "acc", "value": a}, {**base, "metric": "loss", "value": c}]
+    return out
+
+
+def hooked_replacements(model: CoopModel, batch: Batch, mode: str, seed: int = 0) -> list[Z]:
+    """Reference: each layer's `hook_z` replacement, from a TL cache of the clean run."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch, names_filter=names)
+    return [replacement(cache[name], mode, seed) for name in names]
+
+
+@torch.no_grad()
+def ablate_hooked(model: CoopModel, batch: Batch, heads: Sequence[Head],
+                  values: list[Z]) -> Float[Tensor, "n labels"]:
+    """Reference: one TL forward with `hook_z` hooks writing `values` (from `hooked_replacements`) into `heads`."""
+    def write(z: Tensor, hook, layer: int) -> Tensor:
+        picked = [h for at, h in heads if at == layer]
+        z[:, :, picked] = values[layer][:, :, picked]
+        return z
+
+    layers = sorted({layer for layer, _ in heads})
+    return model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", partial(write, layer=layer))
+                                                  for layer in layers])

@@ -1,0 +1,159 @@
+"""`coopinterp ablate | patch | clamp | graft`: interventions on one checkpoint, every evaluator before and after."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .cli import app, console, friendly
+from .errors import ConfigError
+
+RUN = typer.Argument(..., help="Run directory.")
+STEP = typer.Option(None, "--step", help="Checkpoint step (default: the newest).")
+N = typer.Option(512, "--n", help="Sequences per evaluator batch.")
+SEED = typer.Option(0, "--seed", help="Seed of the evaluation batches (and of resampling).")
+
+
+def _load(run_dir: Path, step: Optional[int], n: int, seed: int):
+    """(run, step, model, one batch per evaluator)."""
+    from .analysis import eval_batches
+    from .checkpoints import load_run
+
+    if n < 2:
+        raise ConfigError(f"--n must be >= 2, got {n}")
+    run = load_run(run_dir)
+    step = run.steps[-1] if step is None else run.check_step(step)
+    return run, step, run.model(step), eval_batches(run.config.task, n, seed)
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    table = Table(title=title)
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    return table
+
+
+def _group(spec: str, n_heads: int, option: str) -> list[int]:
+    if spec.strip() == "all":
+        return list(range(n_heads))
+    try:
+        heads = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} must be 'all' or comma-separated head indices, got {spec!r}") from None
+    if not heads or not all(0 <= h < n_heads for h in heads):
+        raise ConfigError(f"{option} {spec!r}: heads are 0-{n_heads - 1}")
+    return heads
+
+
+@app.command("ablate")
+@friendly
+def ablate_cmd(
+    run_dir: Path = RUN,
+    heads: str = typer.Option(..., "--heads", help="Heads to ablate together, LAYER.HEAD, e.g. 0.3,1.5."),
+    step: Optional[int] = STEP,
+    mode: str = typer.Option("mean", "--mode", help="zero | mean | resample."),
+    n: int = N,
+    seed: int = SEED,
+) -> None:
+    """Every evaluator's acc and loss with a set of heads ablated together."""
+    from .analysis.ablation import Engine, ablated_hidden, check_mode, parse_heads
+
+    check_mode(mode)
+    run, step, model, batches = _load(run_dir, step, n, seed)
+    chosen = parse_heads(heads, run.config.model)
+    engine = Engine(model)
+    table = _table(f"{run.name} step {step}: heads {heads} ablated ({mode})",
+                   ["evaluator", "acc", "acc ablated", "loss", "loss ablated"])
+    for ev, batch in batches.items():
+        acc, ce = engine.score(ablated_hidden(model, batch, [[], chosen], mode, seed, engine), batch)
+        table.add_row(ev, f"{acc[0]:.3f}", f"{acc[1]:.3f}", f"{ce[0]:.3f}", f"{ce[1]:.3f}")
+    console.print(table)
+
+
+@app.command("patch")
+@friendly
+def patch_cmd(
+    run_dir: Path = RUN,
+    senders: str = typer.Option("all", "--senders", help="Layer-0 sender heads: 'all' or e.g. 0,3."),
+    receivers: str = typer.Option("all", "--receivers", help="Layer-1 receiver heads: 'all' or e.g. 2,5."),
+    step: Optional[int] = STEP,
+    mode: str = typer.Option("mean", "--mode", help="zero | mean | resample."),
+    n: int = N,
+    seed: int = SEED,
+) -> None:
+    """Path patching: the senders' output replaced in the receivers' q, k or v input only (acc per evaluator)."""
+    from .analysis.ablation import check_mode
+    from .analysis.patching import COMPONENTS, check_model, path_patch
+
+    check_mode(mode)
+    run, step, model, batches = _load(run_dir, step, n, seed)
+    check_model(model)
+    H = model.cfg.n_heads
+    send, recv = [_group(senders, H, "--senders")], [_group(receivers, H, "--receivers")]
+    table = _table(f"{run.name} step {step}: layer-0 {senders} -> layer-1 {receivers} ({mode}), accuracy",
+                   ["evaluator", "clean", *(f"via {c}" for c in COMPONENTS), "via qkv", "ablated"])
+    for ev, batch in batches.items():
+        acc, _ = path_patch(model, batch, [[]] + send, recv, [*COMPONENTS, "qkv"], mode, seed=seed)
+        (ablated,), _ = path_patch(model, batch, send, recv, ["qkv"], mode, direct=True, seed=seed)
+        table.add_row(ev, f"{acc[0, 0, 0]:.3f}", *(f"{a:.3f}" for a in acc[:, 1, 0]), f"{ablated.item():.3f}")
+    console.print(table)
+    console.print("clean: no patch; via c: the senders patched into the receivers' c input only; "
+                  "ablated: into every path (q, k, v and direct)", highlight=False)
+
+
+@app.command("clamp")
+@friendly
+def clamp_cmd(
+    run_dir: Path = RUN,
+    head: Optional[str] = typer.Option(None, "--head", help="LAYER.HEAD to clamp (default: the last layer's "
+                                       "most skip-trigram-like head)."),
+    step: Optional[int] = STEP,
+    n: int = N,
+    seed: int = SEED,
+) -> None:
+    """Skip-trigram copier test: CIWL acc with the head's query attention clamped to s on the true label."""
+    from .analysis.ablation import parse_heads
+    from .analysis.clamping import S_VALUES, clamp_sweep, skip_trigram_head
+
+    run, step, model, batches = _load(run_dir, step, n, seed)
+    batch = batches["ciwl"]
+    if head is None:
+        chosen = (model.cfg.n_layers - 1, skip_trigram_head(model, batch))
+    else:
+        parsed = parse_heads(head, run.config.model)
+        if len(parsed) != 1:
+            raise ConfigError(f"--head takes one head, got {head!r}")
+        chosen = parsed[0]
+    acc, ce = clamp_sweep(model, batch, chosen)
+    table = _table(f"{run.name} step {step}: head {chosen[0]}.{chosen[1]} clamped, rest of its layer "
+                   "mean-ablated", ["s", "2s-1", "ciwl acc", "ciwl loss"])
+    for s, a, c in zip(S_VALUES, acc.tolist(), ce.tolist()):
+        table.add_row(f"{s:.1f}", f"{2 * s - 1:+.1f}", f"{a:.3f}", f"{c:.3f}")
+    console.print(table)
+
+
+@app.command("graft")
+@friendly
+def graft_cmd(
+    run_dir: Path = RUN,
+    donor: Path = typer.Option(..., "--donor", help="Donor run directory (may be the same run)."),
+    groups: str = typer.Option(..., "--groups", help="Parameter groups, e.g. layer0,unembed."),
+    step: Optional[int] = STEP,
+    donor_step: Optional[int] = typer.Option(None, "--donor-step", help="Donor step (default: its newest)."),
+    n: int = N,
+    seed: int = SEED,
+) -> None:
+    """Every evaluator's acc for the recipient, the donor, and the recipient with the donor's groups grafted in."""
+    from .analysis.clamping import evaluate, graft
+
+    run, step, model, batches = _load(run_dir, step, n, seed)
+    donor_run, donor_step, donor_model, _ = _load(donor, donor_step, n, seed)
+    grafted = graft(model, donor_model, [g.strip() for g in groups.split(",") if g.strip()])
+    results = [evaluate(m, batches) for m in (model, donor_model, grafted)]
+    table = _table(f"{groups} of {donor_run.name}@{donor_step} into {run.name}@{step}, accuracy",
+                   ["evaluator", "recipient", "donor", "grafted"])
+    for ev in batches:
+        table.add_row(ev, *(f"{r[ev][0]:.3f}" for r in results))
+    console.print(table)

@@ -1,0 +1,192 @@
+"""The batched intervention engine (ablation, path patching, clamping) against one-TL-hook-per-set references."""
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import coopinterp as ci
+from coopinterp.analysis import ablation as A
+from coopinterp.analysis import clamping as C
+from coopinterp.analysis import patching as P
+from coopinterp.cli import app
+from coopinterp.tables import table
+from coopinterp.task import EVALUATORS, accuracy, loss
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def as_table(rows):
+    """The tidy frame analyze() would build from these rows (checks their keys and types)."""
+    return table({**r, "run": "tiny", "step": 0, "seqs_seen": 0, "analysis": "test"} for r in rows)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run):
+    return tiny_run.model(tiny_run.steps[-1])
+
+
+@pytest.fixture(scope="module")
+def batches(tiny_config):
+    return {ev: ci.make_batch(tiny_config.task, ev, n=48, seed=i) for i, ev in enumerate(EVALUATORS)}
+
+
+def test_parse_heads(tiny_config):
+    cfg = tiny_config.model
+    assert A.parse_heads("0.3,1.0, 0.3", cfg) == [(0, 3), (1, 0)]
+    for bad, message in [("0.4", "no head 0.4"), ("2.0", "no head 2.0"), ("1", "bad head '1'"),
+                         ("0.-1", "bad head"), ("", "bad head ''"), ("a.b", "bad head 'a.b'")]:
+        with pytest.raises(ci.ConfigError, match=message):
+            A.parse_heads(bad, cfg)
+
+
+def test_derangement_has_no_fixed_point():
+    perm = A.derangement(101, seed=3)
+    assert sorted(perm.tolist()) == list(range(101)) and not (perm == torch.arange(101)).any()
+    assert torch.equal(perm, A.derangement(101, seed=3))
+
+
+def test_engine_is_the_model(model, batches):
+    engine = A.Engine(model)
+    for batch in batches.values():
+        hidden, _ = engine.forward(model.residual(batch))
+        logits = engine.logits(hidden)
+        torch.testing.assert_close(logits, model(batch), **TOL)
+        acc, ce = engine.score(torch.stack([hidden, hidden.flip(0)]), batch)
+        torch.testing.assert_close(acc[0], accuracy(logits, batch))
+        torch.testing.assert_close(ce[0], loss(logits, batch), **TOL)
+        torch.testing.assert_close(ce[1], loss(logits.flip(0), batch), **TOL)
+
+
+@pytest.mark.parametrize("mode", A.MODES)
+def test_ablate_matches_one_hook_per_set(model, batches, mode):
+    sets = [[h] for h in A.all_heads(model.cfg)] + [[(0, 1), (1, 2), (1, 3)], []]
+    for ev in ("flip", "iwl"):
+        batch = batches[ev]
+        batched = A.ablate(model, batch, sets, mode)
+        values = A.hooked_replacements(model, batch, mode)
+        naive = torch.stack([A.ablate_hooked(model, batch, heads, values) for heads in sets])
+        torch.testing.assert_close(batched, naive, **TOL)
+        assert (batched[:-1] - batched[-1]).abs().amax((1, 2)).min() > 1e-3  # every ablation changes something
+
+
+def test_ablation_rows(model, batches):
+    rows = A.rows(model, batches)
+    heads = model.cfg.n_layers * model.cfg.n_heads
+    assert len(rows) == len(EVALUATORS) * len(A.MODES) * heads * 2
+    row = next(r for r in rows if (r["evaluator"], r["layer"], r["head"], r["component"], r["metric"])
+               == ("icl", 1, 2, "zero", "loss"))
+    logits = A.ablate(model, batches["icl"], [[(1, 2)]], "zero")[0]
+    assert row["value"] == pytest.approx(loss(logits, batches["icl"]).item(), abs=1e-5)
+    assert len(as_table(rows)) == len(rows)
+
+
+def test_path_patching_matches_hooks(model, batches):
+    batch, H = batches["flip"], model.cfg.n_heads
+    groups = [[0], [2], [1, 3], list(range(H))]
+    components = ["q", "k", "v", "qkv"]
+    counterfactual = ci.make_batch(model.task, "icl", n=len(batch), seed=9)
+    for mode in ("mean", counterfactual):
+        logits = A.Engine(model).logits(P.patched_hidden(model, batch, groups, groups, components, mode))
+        if isinstance(mode, str):
+            values = A.hooked_replacements(model, batch, mode)[0]
+        else:
+            values = model.run_with_cache(mode, names_filter=["blocks.0.attn.hook_z"])[1]["blocks.0.attn.hook_z"]
+        for s in (0, 2, 3):
+            inputs = P.sender_inputs_hooked(model, batch, groups[s], values)
+            for r in (1, 3):
+                for c, comp in enumerate(components):
+                    naive = P.receive_hooked(model, batch, groups[r], comp, inputs)
+                    torch.testing.assert_close(logits[c, s, r], naive, **TOL)
+        assert (logits - model(batch)).abs().amax() > 1e-2
+
+
+@pytest.mark.parametrize("mode", A.MODES)
+def test_patching_everything_equals_ablating_the_senders(model, batches, mode):
+    every = [list(range(model.cfg.n_heads))]
+    batch = batches["train"]
+    patched = P.patched_hidden(model, batch, every, every, ["qkv"], mode, direct=True)[0, 0, 0]
+    ablated = A.ablated_hidden(model, batch, [[(0, h) for h in every[0]]], mode)[0]
+    torch.testing.assert_close(patched, ablated, **TOL)
+    acc, _ = P.path_patch(model, batch, every, every, ["qkv"], mode, direct=True)
+    assert P.qkv_check(model, batch, mode)["ablated"] == pytest.approx(acc.item())
+
+
+def test_patching_a_silent_head_changes_nothing(model, batches):
+    weights = model.weights()
+    v = weights["blocks.0.attn.v.weight"].clone()
+    v[model.cfg.d_head:2 * model.cfg.d_head] = 0  # head 0.1 reads nothing, so writes nothing
+    silent = ci.CoopModel(model.task, model.cfg).eval().requires_grad_(False)
+    silent.load_weights({**weights, "blocks.0.attn.v.weight": v})
+    assert not silent.W_V[0, 1].any() and silent.W_V[0, 0].any()
+    batch, H = batches["flip"], model.cfg.n_heads
+    clean = A.Engine(silent).forward(silent.residual(batch))[0]
+    receivers = [[h] for h in range(H)] + [list(range(H))]
+    for mode in A.MODES:
+        for senders, same in (([[1]], True), ([[0]], False)):
+            hidden = P.patched_hidden(silent, batch, senders, receivers, ["q", "k", "v", "qkv"], mode, direct=True)
+            assert torch.allclose(hidden, clean.expand_as(hidden), atol=1e-6) == same
+
+
+def test_path_patching_rows_and_errors(model, batches):
+    rows = P.rows(model, {"icl": batches["icl"]})
+    H = model.cfg.n_heads
+    assert len(rows) == 3 * (H + 1) ** 2 * 2
+    df = as_table(rows)
+    assert df["head"].isna().sum() == df["src_head"].isna().sum() == 3 * (H + 1) * 2
+    assert set(df.component) == {"q", "k", "v"} and (df.layer == 1).all() and (df.src_layer == 0).all()
+    with pytest.raises(ci.ConfigError, match="bad path-patching component 'x'"):
+        P.path_patch(model, batches["icl"], [[0]], [[0]], ["x"])
+    with pytest.raises(ci.ConfigError, match="no sender head 7"):
+        P.path_patch(model, batches["icl"], [[7]], [[0]], ["q"])
+    with pytest.raises(ci.ConfigError, match="counterfactual batch has shape"):
+        P.path_patch(model, batches["icl"], [[0]], [[0]], ["q"], mode=ci.make_batch(model.task, "train", n=5))
+
+
+def test_clamp_matches_hooks(model, batches):
+    batch = batches["ciwl"]
+    for head, ablate in (((1, 2), None), ((1, 0), [(0, 1), (1, 3)])):
+        acc, ce = C.clamp_sweep(model, batch, head, s=[0.0, 0.3, 1.0], ablate=ablate)
+        for i, s in enumerate([0.0, 0.3, 1.0]):
+            naive = C.clamp_hooked(model, batch, head, s, ablate=ablate)
+            assert acc[i].item() == pytest.approx(accuracy(naive, batch).item())
+            assert ce[i].item() == pytest.approx(loss(naive, batch).item(), abs=1e-5)
+
+
+def test_clamp_row_and_rows(model, batches):
+    batch = batches["ciwl"]
+    row = C.clamp_row(batch, torch.tensor([0.25]))[0]
+    at_true = row[torch.arange(len(batch)), batch.target_pair * 2 + 1]
+    assert torch.allclose(row.sum(-1), torch.ones(len(batch)))
+    assert torch.allclose(at_true, torch.full_like(at_true, 0.25))
+    with pytest.raises(ci.ConfigError, match="use ciwl"):
+        C.clamp_sweep(model, batches["iwl"], (1, 0))
+    rows = C.rows(model, batches)
+    assert [r["component"] for r in rows[::2]] == [f"s={s:.2f}" for s in C.S_VALUES]
+    assert {r["head"] for r in rows} == {C.skip_trigram_head(model, batch)}
+
+
+def test_graft(tiny_run, batches):
+    recipient, donor = tiny_run.model(tiny_run.steps[1]), tiny_run.model(tiny_run.steps[-1])
+    grafted = C.graft(recipient, donor, ["layer0", "unembed"])
+    w, wr, wd = grafted.weights(), recipient.weights(), donor.weights()
+    for name in w:
+        expected = wd if name.startswith(("blocks.0.", "unembed.")) else wr
+        assert torch.equal(w[name], expected[name]), name
+    everything = C.graft(recipient, donor, list(C.param_groups(recipient)))
+    assert C.evaluate(everything, batches) == C.evaluate(donor, batches)
+    with pytest.raises(ci.ConfigError, match="unknown parameter group 'layer2'; choose from layer0, layer1"):
+        C.graft(recipient, donor, ["layer2"])
+
+
+def test_cli(tiny_run):
+    runner = CliRunner()
+    r = runner.invoke(app, ["ablate", str(tiny_run.path), "--heads", "0.1,1.2", "--n", "32"])
+    assert r.exit_code == 0, r.output
+    assert "acc ablated" in r.output and all(ev in r.output for ev in EVALUATORS)
+    for args, message in [(["--heads", "0.9"], "no head 0.9"),
+                          (["--heads", "0.1", "--step", "7"], "no checkpoint at step 7"),
+                          (["--heads", "0.1", "--mode", "bogus"], "unknown ablation mode 'bogus'")]:
+        r = runner.invoke(app, ["ablate", str(tiny_run.path), *args])
+        assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    for cmd in (["patch", "--senders", "0,1"], ["clamp"], ["graft", "--donor", str(tiny_run.path), "--groups", "pos"]):
+        r = runner.invoke(app, [cmd[0], str(tiny_run.path), *cmd[1:], "--n", "32"])
+        assert r.exit_code == 0, r.output
