@@ -5,7 +5,7 @@ import pytest
 
 
 def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "coopinterp.cli", *args], capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-m", "coopinterp", *args], capture_output=True, text=True, **kw)
 
 
 def test_help():

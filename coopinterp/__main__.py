@@ -1,0 +1,4 @@
+"""`python -m coopinterp ...` runs the CLI."""
+from .cli import main
+
+main()
