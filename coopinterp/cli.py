@@ -139,9 +139,8 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-if __name__ == "__main__":
-    main()
+# Subcommands live in their own modules and register on `app` when imported.
 from . import cli_minimal  # noqa: E402,F401
 from . import cli_analysis  # noqa: E402,F401
-from . import cli_sweep  # noqa: E402,F401
 from . import cli_ablate  # noqa: E402,F401
+from . import cli_sweep  # noqa: E402,F401
