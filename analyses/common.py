@@ -1,0 +1,65 @@
+"""Shared pieces of the analyses/ scripts: arguments, the shipped runs, verdict lines, figure export."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "checkpoints" / "demo"
+INTERVENTIONS = REPO / "checkpoints" / "interventions"
+
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from coopinterp.errors import CoopError  # noqa: E402
+from coopinterp.plots import write_html, write_pngs  # noqa: E402
+from coopinterp.tables import read_table  # noqa: E402
+
+
+def parse(doc: str, argv: list[str] | None, run: Path = DEMO) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--run", type=Path, default=run, help=f"run directory (default: {run.relative_to(REPO)})")
+    p.add_argument("--out", type=Path, default=REPO / "analyses" / "out", help="where figures go")
+    p.add_argument("--fast", action="store_true", help="fewer sequences and steps (for tests)")
+    return p.parse_args(argv)
+
+
+def metrics(run_dir: Path) -> pd.DataFrame:
+    """A run's logged evaluator metrics (works for runs shipped without checkpoints)."""
+    return read_table(run_dir / "metrics.parquet")
+
+
+def verdict(ok: bool, claim: str, numbers: str) -> str:
+    line = f"{'PASS' if ok else 'FAIL'} {claim}: {numbers}"
+    print(line, flush=True)
+    return line
+
+
+def save(fig: go.Figure, out: Path, name: str) -> None:
+    """HTML always; PNG when a browser for kaleido is there (a one-line note otherwise)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_html(fig, out / f"{name}.html")
+    try:
+        write_pngs({name: fig}, out)
+    except CoopError as e:
+        print(f"note: {name}.png not written: {e}", file=sys.stderr)
+
+
+def icl_curves(runs: dict[str, pd.DataFrame], evaluators: tuple[str, ...]) -> go.Figure:
+    """Accuracy of some evaluators over training for several runs (one colour per run, dash per evaluator)."""
+    fig = go.Figure()
+    dashes = dict(zip(evaluators, ("solid", "dash", "dot", "dashdot")))
+    for name, table in runs.items():
+        acc = table[(table.analysis == "behavior") & (table.metric == "acc")]
+        for ev in evaluators:
+            g = acc[(acc.evaluator == ev) & (acc.step > 0)].sort_values("step")
+            if len(g):
+                fig.add_trace(go.Scatter(x=g.step, y=g.value, name=f"{name}: {ev}", mode="lines",
+                                         legendgroup=name, line=dict(dash=dashes[ev])))
+    fig.update_xaxes(type="log", title="training step (log scale)")
+    fig.update_yaxes(title="accuracy", range=[0, 1.02])
+    fig.update_layout(template="plotly_white", height=480)
+    return fig
