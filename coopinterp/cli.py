@@ -144,3 +144,4 @@ from . import cli_minimal  # noqa: E402,F401
 from . import cli_analysis  # noqa: E402,F401
 from . import cli_ablate  # noqa: E402,F401
 from . import cli_sweep  # noqa: E402,F401
+from . import cli_plots  # noqa: E402,F401

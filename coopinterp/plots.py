@@ -1,0 +1,505 @@
+"""Plotly figures of circuit evolution, drawn from the tidy per-step table, and their offline HTML/PNG export.
+
+Every figure function takes a tidy table (tables.COLUMNS) and returns a `go.Figure`; a table without the rows
+a figure needs raises `MissingAnalysis` (a CoopError) naming the analysis to run. Over-training figures put
+steps on a log x axis (step 0 cannot sit on it and is left out) and mark two phases found from the behavior
+rows: where ICL accuracy peaks and where CIWL accuracy first overtakes it after that peak.
+
+Heads are labelled `L{layer}H{head}`, 0-indexed like the rest of coopinterp: L0 is the paper's "Layer 1".
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.colors import qualitative
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from .errors import CoopError
+from .phases import accuracy_curves, find_phases
+from .tables import atomic_path
+
+EVALUATOR_COLORS = {"train": "#444444", "icl": "#1f77b4", "ciwl": "#d62728", "flip": "#9467bd", "iwl": "#2ca02c"}
+HEAD_COLORS = qualitative.D3
+HEAD_AXIS = "head (L0 = paper's Layer 1)"
+ICL_EMERGED = 0.6  # in-context chance is 0.5: below this ICL never emerged and has no peak to mark
+TEMPLATE = "plotly_white"
+
+
+class MissingAnalysis(CoopError):
+    """The table lacks the rows a figure needs."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A phase mark: a step found from the behavior curves, and what happens there."""
+
+    name: str
+    step: int
+    seqs_seen: int
+    label: str
+
+
+def head_label(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
+
+
+def _x_title(x: str) -> str:
+    if x not in ("step", "seqs_seen"):
+        raise CoopError(f"x must be 'step' or 'seqs_seen', got {x!r}")
+    return {"step": "training step", "seqs_seen": "sequences seen"}[x] + " (log scale)"
+
+
+def select(table: pd.DataFrame, analysis: str, **equal: object) -> pd.DataFrame:
+    """Rows of one analysis (and exact column values); MissingAnalysis if there are none."""
+    rows = table[table.analysis == analysis]
+    for column, value in equal.items():
+        rows = rows[rows[column] == value]
+    if rows.empty:
+        what = ", ".join(f"{k}={v}" for k, v in equal.items())
+        raise MissingAnalysis(f"no {analysis!r} rows{f' with {what}' if what else ''} in the table; "
+                              f"run `coopinterp analyze RUN --analyses {analysis}`")
+    return rows
+
+
+def behavior(table: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
+    """Behavior rows as a step x evaluator frame (also holds seqs_seen); duplicates keep the first row."""
+    rows = select(table, "behavior", metric=metric).drop_duplicates(["step", "evaluator"])
+    wide = rows.pivot(index="step", columns="evaluator", values="value").sort_index()
+    wide.columns = wide.columns.astype(str)
+    wide["seqs_seen"] = rows.drop_duplicates("step").set_index("step").seqs_seen.reindex(wide.index)
+    return wide
+
+
+def phases(table: pd.DataFrame) -> list[Phase]:
+    """The ICL peak and the first step after it where CIWL accuracy exceeds ICL accuracy (`phases.find_phases`).
+
+    Finely logged curves (>= 50 steps, e.g. metrics.parquet) are smoothed over 5 evaluations first; none if ICL
+    never rose clearly above chance.
+    """
+    rows = table[(table.analysis == "behavior") & (table.metric == "acc")]
+    if rows.empty:
+        return []
+    curves = accuracy_curves(table, smooth=5 if rows.step.nunique() >= 50 else 1)
+    if not {"icl", "ciwl", "flip"} <= set(curves.columns) or curves.icl.max() < ICL_EMERGED:
+        return []
+    found = find_phases(curves)
+    seqs = rows.drop_duplicates("step").set_index("step").seqs_seen
+    out = [Phase("icl_peak", found.icl_peak_step, int(seqs[found.icl_peak_step]),
+                 f"ICL peak (acc {found.icl_peak:.2f})")]
+    if found.ciwl_overtake_step is not None:
+        step = found.ciwl_overtake_step
+        out.append(Phase("ciwl_overtakes", step, int(seqs[step]), "CIWL overtakes ICL"))
+    return out
+
+
+def _subplot_axes(fig: go.Figure) -> list[tuple[str, str]]:
+    """The (x axis, y axis) reference of every subplot holding a trace, in trace order."""
+    return list(dict.fromkeys((t.xaxis or "x", t.yaxis or "y") for t in fig.data))
+
+
+def mark_phases(fig: go.Figure, marks: Sequence[Phase], x: str = "step",
+                index: Callable[[float], float] | None = None) -> go.Figure:
+    """A dotted vertical line per phase on every subplot, labelled inside the top row's subplots.
+
+    On a log axis (`index` None) plotly places shapes by value but annotations by log10(value); on a
+    per-checkpoint heatmap axis `index` maps a step to its (fractional) column.
+    """
+    axes = _subplot_axes(fig)
+    top = max(_domain_top(fig, ya) for _, ya in axes) if axes else 1.0
+    xs = [float(v) for t in fig.data if t.x is not None for v in t.x if index or float(v) > 0]
+    if not xs:
+        return fig
+    lo, hi = (min(xs), max(xs)) if index else (math.log10(min(xs)), math.log10(max(xs)))
+    if marks and index is None:
+        for _, ya in axes:
+            if _domain_top(fig, ya) == top:
+                _headroom(fig, ya)
+    for i, mark in enumerate(marks):
+        value = getattr(mark, x)
+        line_x, label_x = (index(value), index(value)) if index else (value, math.log10(value))
+        # Text on the side with more room: plotly widens an axis's autorange to fit its annotations.
+        left = hi == lo or (label_x - lo) / (hi - lo) < 0.6
+        for xa, ya in axes:
+            fig.add_shape(type="line", x0=line_x, x1=line_x, y0=0, y1=1, xref=xa, yref=f"{ya} domain",
+                          line=dict(color="grey", dash="dot", width=1.5))
+            if _domain_top(fig, ya) == top:
+                fig.add_annotation(x=label_x, y=1, xref=xa, yref=f"{ya} domain", text=mark.label, showarrow=False,
+                                   xanchor="left" if left else "right", xshift=3 if left else -3, yanchor="top",
+                                   yshift=-15 * i, font=dict(size=11, color="dimgrey"),
+                                   bgcolor="rgba(255,255,255,0.7)")
+    return fig
+
+
+def _headroom(fig: go.Figure, yaxis: str, share: float = 0.16) -> None:
+    """Extend a y axis upwards so that the phase labels sit above the data, not on it."""
+    layout_axis = fig.layout[yaxis.replace("y", "yaxis", 1)]
+    if layout_axis.range:
+        lo, hi = layout_axis.range
+    else:
+        ys = [float(v) for t in fig.data if (t.yaxis or "y") == yaxis and t.y is not None for v in t.y
+              if v is not None and math.isfinite(float(v))]
+        if not ys:
+            return
+        pad = 0.05 * ((max(ys) - min(ys)) or 1.0)
+        lo, hi = min(ys) - pad, max(ys) + pad
+    layout_axis.range = [lo, hi + share * (hi - lo)]
+
+
+def _domain_top(fig: go.Figure, yaxis: str) -> float:
+    domain = fig.layout[yaxis.replace("y", "yaxis", 1)].domain
+    return float(domain[1]) if domain else 1.0
+
+
+def _layout(fig: go.Figure, title: str, height: int = 450) -> go.Figure:
+    fig.update_layout(title=dict(text=title, y=0.98, yanchor="top"), template=TEMPLATE, height=height,
+                      margin=dict(t=90, l=70, r=30, b=60),
+                      legend=dict(groupclick="togglegroup", tracegroupgap=0, font=dict(size=11)))
+    return fig
+
+
+def _positive(rows: pd.DataFrame, x: str) -> pd.DataFrame:
+    return rows[rows[x] > 0].sort_values(x)
+
+
+def behavior_figure(table: pd.DataFrame, metric: str = "acc", x: str = "step",
+                    marks: Sequence[Phase] | None = None) -> go.Figure:
+    """Each evaluator's accuracy (or loss) over training: the transience picture. Holdout evaluators dashed."""
+    rows = _positive(select(table, "behavior", metric=metric), x)
+    marks = phases(table) if marks is None else marks
+    fig = go.Figure()
+    evaluators = list(dict.fromkeys(rows.evaluator.astype(str)))
+    for ev in sorted(evaluators, key=lambda e: (e.split("/")[0] not in EVALUATOR_COLORS, "/" in e)):
+        g = rows[rows.evaluator == ev]
+        base = ev.split("/")[0]
+        fig.add_trace(go.Scatter(x=g[x], y=g.value, name=ev.replace("/", " "), mode="lines",
+                                 line=dict(color=EVALUATOR_COLORS.get(base), dash="dash" if "/" in ev else None),
+                                 hovertemplate=f"{ev}<br>{x} %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>"))
+    y_title = "accuracy" if metric == "acc" else "cross-entropy loss (nats)"
+    fig.update_xaxes(type="log", title=_x_title(x))
+    fig.update_yaxes(title=y_title, range=[0, 1.02] if metric == "acc" else None)
+    _layout(fig, f"Behavior: evaluator {'accuracy' if metric == 'acc' else 'loss'} over training")
+    fig.update_layout(legend_title_text="evaluator")
+    return mark_phases(fig, marks, x)
+
+
+def _head_lines(fig: go.Figure, rows: pd.DataFrame, x: str, row: int, col: int, show_legend: bool,
+                y_hover: str, dash_by_layer: bool = False) -> None:
+    for (layer, head), g in rows.groupby(["layer", "head"], sort=True):
+        label = head_label(int(layer), int(head))
+        fig.add_trace(go.Scatter(x=g[x], y=g.value, name=label, legendgroup=label, showlegend=show_legend,
+                                 mode="lines+markers", marker=dict(size=4),
+                                 line=dict(color=HEAD_COLORS[int(head) % len(HEAD_COLORS)],
+                                           dash="dot" if dash_by_layer and int(layer) == 0 else None),
+                                 hovertemplate=f"{label}<br>{x} %{{x}}<br>{y_hover} %{{y:.3f}}<extra></extra>"),
+                      row=row, col=col)
+
+
+def attention_figure(table: pd.DataFrame, layer: int, metrics: Sequence[str], titles: Sequence[str],
+                     title: str, x: str = "step", marks: Sequence[Phase] | None = None) -> go.Figure:
+    """Attention scores of one layer's heads over training, one subplot per metric."""
+    rows = select(table, "attention", layer=layer)
+    fig = make_subplots(1, len(metrics), subplot_titles=list(titles), shared_yaxes=True, horizontal_spacing=0.04)
+    for i, metric in enumerate(metrics):
+        part = _positive(select(rows, "attention", metric=metric), x)
+        _head_lines(fig, part, x, 1, i + 1, show_legend=i == 0, y_hover=metric)
+    fig.update_xaxes(type="log", title=_x_title(x))
+    fig.update_yaxes(title="attention weight", row=1, col=1)
+    _layout(fig, title)
+    fig.update_layout(legend_title_text=HEAD_AXIS)
+    return mark_phases(fig, phases(table) if marks is None else marks, x)
+
+
+def layer0_figure(table: pd.DataFrame, x: str = "step", marks: Sequence[Phase] | None = None) -> go.Figure:
+    """Layer 0 (paper's Layer 1): previous-token vs self attention at label positions, per head."""
+    return attention_figure(table, 0, ("prev_token_score", "self_score"),
+                            ("previous-token score: label attends to its exemplar",
+                             "self score: label attends to itself"),
+                            "Layer 0 (paper's Layer 1): previous-token vs self attention", x, marks)
+
+
+def layer1_figure(table: pd.DataFrame, x: str = "step", marks: Sequence[Phase] | None = None) -> go.Figure:
+    """Layer 1 (paper's Layer 2): induction strength (flip) and skip-trigram score (ciwl), per head."""
+    fig = attention_figure(table, 1, ("induction_strength", "skip_trigram_score"),
+                           ("induction strength (flip): same-class label minus other",
+                            "skip-trigram score (ciwl): true label minus other"),
+                           "Layer 1 (paper's Layer 2): induction vs skip-trigram attention at the query", x, marks)
+    fig.update_yaxes(title="attention weight difference", row=1, col=1)
+    return fig
+
+
+def circuit_figure(table: pd.DataFrame, x: str = "step", behavior_table: pd.DataFrame | None = None) -> go.Figure:
+    """The circuit-evolution summary: behavior, then each circuit's attention signature, on one shared step axis."""
+    behavior_table = table if behavior_table is None else behavior_table
+    panels = [("prev_token_score", 0, "layer 0 previous-token score"),
+              ("induction_strength", 1, "layer 1 induction strength (flip)"),
+              ("skip_trigram_score", 1, "layer 1 skip-trigram score (ciwl)")]
+    titles = ["evaluator accuracy"] + [t for _, _, t in panels]
+    fig = make_subplots(len(titles), 1, shared_xaxes=True, vertical_spacing=0.045, subplot_titles=titles)
+    for trace in behavior_figure(behavior_table, x=x, marks=[]).data:
+        fig.add_trace(trace.update(legendgroup="evaluators", legendgrouptitle_text="evaluator"), row=1, col=1)
+    rows = select(table, "attention")
+    for i, (metric, layer, _) in enumerate(panels):
+        part = _positive(select(rows, "attention", metric=metric, layer=layer), x)
+        _head_lines(fig, part, x, i + 2, 1, show_legend=i < 2, y_hover=metric)
+    fig.update_xaxes(type="log")
+    fig.update_xaxes(title=_x_title(x), row=len(titles), col=1)
+    fig.update_yaxes(title="accuracy", range=[0, 1.02], row=1, col=1)
+    for r in range(2, len(titles) + 1):
+        fig.update_yaxes(title="attention weight", row=r, col=1)
+    _layout(fig, "Circuit evolution: behavior and attention signatures over training", height=1000)
+    return mark_phases(fig, phases(behavior_table), x)
+
+
+def _step_axis(steps: Sequence[int]) -> Callable[[float], float]:
+    """Map a step to a (fractional) column index of a step-per-column heatmap, interpolating in log(step)."""
+    logs = np.log10(np.maximum(np.asarray(steps, dtype=float), 1.0))
+    return lambda step: float(np.interp(math.log10(max(step, 1.0)), logs, np.arange(len(steps))))
+
+
+def head_heatmap(table: pd.DataFrame, analysis: str, metric: str, evaluator: str | None = None,
+                 component: str | None = None, marks: Sequence[Phase] | None = None,
+                 title: str | None = None) -> go.Figure:
+    """Any per-head metric as a head x checkpoint heatmap (one column per checkpoint, step 0 included)."""
+    rows = select(table, analysis, metric=metric)
+    rows = rows[rows.layer.notna() & rows["head"].notna() & rows.src_head.isna()]
+    for column, value in (("evaluator", evaluator), ("component", component)):
+        present = sorted(rows[column].dropna().astype(str).unique())
+        if value is not None:
+            rows = select(rows, analysis, **{column: value})
+        elif len(present) > 1:
+            raise CoopError(f"{analysis}/{metric} has several {column}s ({', '.join(present)}); pick one")
+    if rows.empty:
+        raise MissingAnalysis(f"no per-head {analysis}/{metric} rows in the table")
+    rows = rows.drop_duplicates(["step", "layer", "head"])
+    rows = rows.assign(label=[head_label(int(l), int(h)) for l, h in zip(rows.layer, rows["head"])])
+    grid = rows.pivot(index=["layer", "head"], columns="step", values="value").sort_index()
+    steps = [int(s) for s in grid.columns]
+    labels = [head_label(int(l), int(h)) for l, h in grid.index]
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=list(range(len(steps))), y=labels, colorscale="Viridis",
+                               colorbar=dict(title=metric), customdata=np.tile(steps, (len(labels), 1)),
+                               hovertemplate="%{y}<br>step %{customdata}<br>value %{z:.3f}<extra></extra>"))
+    fig.update_xaxes(title="training step (one column per checkpoint)", tickmode="array",
+                     tickvals=list(range(len(steps))), ticktext=[f"{s:,}" for s in steps], tickangle=-45)
+    fig.update_yaxes(title=HEAD_AXIS, autorange="reversed")
+    what = " ".join(str(v) for v in (evaluator, component) if v is not None)
+    _layout(fig, title or f"{analysis}/{metric}{f' ({what})' if what else ''} per head over training",
+            height=max(420, 26 * len(labels) + 200))
+    return mark_phases(fig, phases(table) if marks is None else marks, "step", _step_axis(steps))
+
+
+def _clean(table: pd.DataFrame, metric: str) -> pd.DataFrame | None:
+    """The unablated metric per (step, evaluator) from the table's own behavior rows, if it has them."""
+    try:
+        return behavior(table, metric)
+    except MissingAnalysis:
+        return None
+
+
+def ablation_figure(table: pd.DataFrame, evaluators: Sequence[str] = ("icl", "ciwl"), mode: str = "mean",
+                    metric: str = "acc", x: str = "step", marks: Sequence[Phase] | None = None) -> go.Figure:
+    """Each head ablated alone: change in each evaluator's metric vs the clean model, over training."""
+    rows = _positive(select(table, "ablation", metric=metric, component=mode), x)
+    clean = _clean(table, metric)
+    unit = "accuracy" if metric == "acc" else "loss (nats)"
+    fig = make_subplots(1, len(evaluators), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[f"{ev}" for ev in evaluators])
+    for i, ev in enumerate(evaluators):
+        part = select(rows, "ablation", evaluator=ev).copy()
+        if clean is not None and ev in clean:
+            part["value"] = part.value.to_numpy() - clean[ev].reindex(part.step).to_numpy()
+        _head_lines(fig, part, x, 1, i + 1, show_legend=i == 0, y_hover=f"Δ{metric}", dash_by_layer=True)
+    fig.update_xaxes(type="log", title=_x_title(x))
+    y = f"change in {unit} (ablated − clean)" if clean is not None else f"{unit} with the head ablated"
+    fig.update_yaxes(title=y, row=1, col=1)
+    fig.add_hline(y=0, line=dict(color="black", width=0.8))
+    _layout(fig, f"Head ablation ({mode}), one head at a time: effect on {metric} per evaluator")
+    fig.update_layout(legend_title_text=HEAD_AXIS + "<br>dotted: layer 0")
+    return mark_phases(fig, phases(table) if marks is None else marks, x)
+
+
+def _matrix_slider(fig: go.Figure, steps: Sequence[int], per_step: int, marks: Sequence[Phase]) -> go.Figure:
+    """A step slider showing the `per_step` traces of one step at a time (traces added step by step)."""
+    nearest = {min(steps, key=lambda s: abs(math.log10(max(s, 1)) - math.log10(max(m.step, 1)))): m.label
+               for m in marks}
+    slider_steps = []
+    for i, step in enumerate(steps):
+        visible = [j // per_step == i for j in range(len(fig.data))]
+        label = f"{step:,}" + (f" ({nearest[step]})" if step in nearest else "")
+        slider_steps.append(dict(method="restyle", args=[{"visible": visible}], label=label))
+    for j, trace in enumerate(fig.data):
+        trace.visible = j // per_step == len(steps) - 1
+    fig.update_layout(sliders=[dict(active=len(steps) - 1, steps=slider_steps, pad=dict(t=60),
+                                     currentvalue=dict(prefix="training step: "))])
+    return fig
+
+
+def composition_figure(table: pd.DataFrame, marks: Sequence[Phase] | None = None) -> go.Figure:
+    """Q/K/V composition of each layer-0 head into each layer-1 head, one checkpoint at a time (slider)."""
+    rows = select(table, "composition")
+    pairs = rows[(rows.src_layer == 0) & (rows.layer == 1)]
+    if pairs.empty:
+        raise MissingAnalysis("no layer-0 -> layer-1 composition rows in the table")
+    baselines = rows[rows.metric.str.endswith("_baseline")].groupby("metric").value.mean()
+    modes = [m for m in "qkv" if (pairs.metric == f"{m}_composition").any()]
+    titles = [f"{m.upper()}-composition (random ≈ {baselines.get(f'{m}_composition_baseline', float('nan')):.2f})"
+              for m in modes]
+    fig = make_subplots(1, len(modes), subplot_titles=titles, horizontal_spacing=0.06)
+    steps = sorted(int(s) for s in pairs.step.unique())
+    zmax = float(pairs.value.max())
+    for step in steps:
+        at = pairs[pairs.step == step]
+        for i, m in enumerate(modes):
+            grid = at[at.metric == f"{m}_composition"].pivot(index="src_head", columns="head", values="value")
+            fig.add_trace(go.Heatmap(z=grid.to_numpy(), x=[head_label(1, int(h)) for h in grid.columns],
+                                     y=[head_label(0, int(h)) for h in grid.index], zmin=0, zmax=zmax,
+                                     colorscale="Viridis", showscale=i == 0, colorbar=dict(title="score"),
+                                     hovertemplate="%{y} → %{x}<br>score %{z:.3f}<extra></extra>"),
+                          row=1, col=i + 1)
+    fig.update_xaxes(title="layer-1 head (reads)")
+    fig.update_yaxes(title="layer-0 head (writes)", autorange="reversed", row=1, col=1)
+    fig.update_yaxes(autorange="reversed")
+    _layout(fig, "Composition of layer-0 heads (paper's Layer 1) into layer-1 heads (Layer 2)", height=520)
+    return _matrix_slider(fig, steps, len(modes), phases(table) if marks is None else marks)
+
+
+def path_patching_figure(table: pd.DataFrame, evaluator: str = "train", metric: str = "acc",
+                         marks: Sequence[Phase] | None = None) -> go.Figure:
+    """Path patching sender (layer 0) -> receiver (layer 1) through q, k or v, one checkpoint at a time."""
+    rows = select(table, "path_patching", metric=metric, evaluator=evaluator)
+    clean = _clean(table, metric)
+    steps = sorted(int(s) for s in rows.step.unique())
+    comps = [c for c in "qkv" if (rows.component == c).any()]
+    unit = "accuracy" if metric == "acc" else "loss"
+    delta = clean is not None and evaluator in clean
+    fig = make_subplots(1, len(comps), subplot_titles=[f"through {c.upper()}" for c in comps],
+                        horizontal_spacing=0.06)
+    values = rows.value - (clean[evaluator].reindex(rows.step).to_numpy() if delta else 0)
+    span = float(np.nanmax(np.abs(values))) or 1.0
+    for step in steps:
+        at = rows[rows.step == step]
+        base = float(clean[evaluator].get(step, np.nan)) if delta else 0.0
+        for i, c in enumerate(comps):
+            g = at[at.component == c]
+            src = g.src_head.astype("Float64").fillna(-1).astype(int)
+            dst = g["head"].astype("Float64").fillna(-1).astype(int)
+            grid = pd.Series(g.value.to_numpy() - base, index=[src, dst]).unstack()
+            fig.add_trace(go.Heatmap(
+                z=grid.to_numpy(), x=[head_label(1, h) if h >= 0 else "all" for h in grid.columns],
+                y=[head_label(0, h) if h >= 0 else "all" for h in grid.index], zmid=0 if delta else None,
+                zmin=-span if delta else None, zmax=span if delta else None,
+                colorscale="RdBu" if delta else "Viridis", showscale=i == 0,
+                colorbar=dict(title=f"Δ {unit}" if delta else unit),
+                hovertemplate="sender %{y} → receiver %{x}<br>%{z:.3f}<extra></extra>"), row=1, col=i + 1)
+    fig.update_xaxes(title="receiver: layer-1 head")
+    fig.update_yaxes(title="sender: layer-0 head (mean-patched)", row=1, col=1)
+    fig.update_yaxes(autorange="reversed")
+    what = f"change in {evaluator} {unit} vs clean" if delta else f"{evaluator} {unit} after patching"
+    _layout(fig, f"Path patching layer 0 → layer 1: {what}", height=520)
+    return _matrix_slider(fig, steps, len(comps), phases(table) if marks is None else marks)
+
+
+def figures(table: pd.DataFrame, metrics: pd.DataFrame | None = None,
+            x: str = "step") -> tuple[dict[str, go.Figure], dict[str, str]]:
+    """Every figure the table supports, by name, and why each missing one was skipped.
+
+    `metrics` (a run's metrics.parquet, finer-grained) feeds the behavior curves and phase marks when given;
+    the table's own behavior rows stay the clean baseline of ablation and path patching (same batches).
+    """
+    behavior_table = metrics if metrics is not None and (metrics.analysis == "behavior").any() else table
+    marks = phases(behavior_table)
+    makers: dict[str, Callable[[], go.Figure]] = {
+        "behavior": lambda: behavior_figure(behavior_table, x=x, marks=marks),
+        "circuit_evolution": lambda: circuit_figure(table, x=x, behavior_table=behavior_table),
+        "layer0_attention": lambda: layer0_figure(table, x=x, marks=marks),
+        "layer1_attention": lambda: layer1_figure(table, x=x, marks=marks),
+        "induction_heatmap": lambda: head_heatmap(table, "attention", "induction_strength", marks=marks,
+                                                  title="Induction strength (flip) per head over training"),
+        "ablation": lambda: ablation_figure(table, x=x, marks=marks),
+        "ablation_heatmap_icl": lambda: head_heatmap(table, "ablation", "acc", "icl", "mean", marks=marks,
+                                                     title="ICL accuracy with each head mean-ablated"),
+        "composition": lambda: composition_figure(table, marks=marks),
+        "path_patching": lambda: path_patching_figure(table, "train", marks=marks),
+        "path_patching_icl": lambda: path_patching_figure(table, "icl", marks=marks),
+    }
+    figs, skipped = {}, {}
+    for name, make in makers.items():
+        try:
+            figs[name] = make()
+        except MissingAnalysis as e:
+            skipped[name] = str(e)
+    return figs, skipped
+
+
+def write_html(fig: go.Figure, path: str | Path) -> Path:
+    """A self-contained HTML file (plotly.js embedded: works offline), written atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+    path.chmod(0o644)  # the temporary file was private
+    return path
+
+
+def write_pngs(figs: dict[str, go.Figure], out_dir: str | Path, scale: float = 2.0) -> list[Path]:
+    """One PNG per figure via kaleido, sharing one headless Chrome (needs Chrome or Chromium installed)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png" for name in figs]
+    static = [_static(fig) for fig in figs.values()]
+    try:
+        pio.write_images(static, paths, scale=scale, width=[int(f.layout.width or 1100) for f in static],
+                         height=[int(f.layout.height or 450) for f in static])
+    except Exception as e:  # kaleido and choreographer raise many types when the browser is missing or dies
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise CoopError(f"PNG export failed ({type(e).__name__}: {first}); it needs Chrome or Chromium: "
+                        "`apt-get install chromium` (or set BROWSER_PATH to a Chrome binary)") from None
+    return paths
+
+
+def _static(fig: go.Figure) -> go.Figure:
+    """A copy for a still image: a slider figure shows its slider's active step, without the slider."""
+    fig = go.Figure(fig)
+    if fig.layout.sliders:
+        slider = fig.layout.sliders[0]
+        label = slider.steps[slider.active].label
+        fig.update_layout(sliders=[], title_text=f"{fig.layout.title.text}, step {label}")
+    return fig
+
+
+def report_html(figs: dict[str, go.Figure], title: str, config: dict | None = None,
+                skipped: dict[str, str] | None = None) -> str:
+    """One offline HTML page: the run's config, then every figure, with a single embedded plotly.js."""
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if config is not None:
+        parts.append("<h2>Run config</h2>" + "".join(
+            f"<h3>{html.escape(section)}</h3><table>" + "".join(
+                f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>" for k, v in values.items())
+            + "</table>" for section, values in config.items() if isinstance(values, dict)))
+    for name, fig in figs.items():
+        parts.append(f'<h2 id="{name}">{html.escape(name.replace("_", " "))}</h2>'
+                     + fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{name}"))
+    if skipped:
+        parts.append("<h2>Skipped figures</h2><ul>" + "".join(
+            f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in skipped.items()) + "</ul>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em} table{border-collapse:collapse}"
+             " th,td{border:1px solid #ddd;padding:2px 8px;text-align:left;font-size:13px}")
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{style}</style><script>{get_plotlyjs()}</script></head><body>{''.join(parts)}</body></html>")
+
+
+def write_report(figs: dict[str, go.Figure], path: str | Path, title: str, config: dict | None = None,
+                 skipped: dict[str, str] | None = None) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(report_html(figs, title, config, skipped), encoding="utf-8")
+    path.chmod(0o644)  # the temporary file was private
+    return path

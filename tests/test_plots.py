@@ -1,0 +1,215 @@
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from coopinterp import plots, tables
+from coopinterp.cli import app
+from coopinterp.errors import CoopError
+
+STEPS = (0, 100, 300, 1000, 3000, 10000)
+ICL = (0.5, 0.7, 0.95, 0.9, 0.7, 0.6)  # peaks at 300
+CIWL = (0.5, 0.6, 0.6, 0.65, 0.8, 0.9)  # first above ICL after the peak at 3000
+HEADS = 3
+
+
+def synthetic(analyses=("behavior", "attention", "ablation", "composition", "path_patching")):
+    """A small hand-built table with known phases and known per-head values."""
+    rows = []
+    for i, step in enumerate(STEPS):
+        base = dict(run="synth", step=step, seqs_seen=32 * step)
+        if "behavior" in analyses:
+            for ev, v in (("train", 1.0), ("icl", ICL[i]), ("ciwl", CIWL[i]), ("flip", 1 - CIWL[i]), ("iwl", 0.1)):
+                rows += [dict(base, analysis="behavior", metric="acc", evaluator=ev, value=v),
+                         dict(base, analysis="behavior", metric="loss", evaluator=ev, value=2 - v)]
+        for layer in range(2):
+            for head in range(HEADS):
+                value = 0.1 * head + layer + i / 100  # identifies layer, head and step
+                if "attention" in analyses:
+                    for metric, ev in (("prev_token_score", "train"), ("self_score", "train"),
+                                       ("induction_strength", "flip"), ("skip_trigram_score", "ciwl")):
+                        rows.append(dict(base, analysis="attention", metric=metric, evaluator=ev, layer=layer,
+                                         head=head, value=value))
+                if "ablation" in analyses:
+                    for ev, clean in (("icl", ICL[i]), ("ciwl", CIWL[i])):
+                        rows.append(dict(base, analysis="ablation", metric="acc", evaluator=ev, layer=layer,
+                                         head=head, component="mean", value=clean - 0.1 * head))
+        for m in "qkv":
+            if "composition" in analyses:
+                rows.append(dict(base, analysis="composition", metric=f"{m}_composition_baseline", value=0.12))
+                rows += [dict(base, analysis="composition", metric=f"{m}_composition", src_layer=0, src_head=s,
+                              layer=1, head=d, value=0.5 * (s == d)) for s in range(HEADS) for d in range(HEADS)]
+            if "path_patching" in analyses:
+                rows += [dict(base, analysis="path_patching", metric="acc", evaluator="train", src_layer=0,
+                              src_head=s, layer=1, head=d, component=m, value=0.5 if (m, s, d) == ("k", None, None)
+                              else 1.0) for s in [*range(HEADS), None] for d in [*range(HEADS), None]]
+    return tables.table(rows)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return synthetic()
+
+
+def vlines(fig):
+    return sorted({s.x0 for s in fig.layout.shapes if s.type == "line" and s.x0 == s.x1 and s.yref.endswith("domain")})
+
+
+def test_phases_found_from_behavior(table):
+    marks = plots.phases(table)
+    assert [(m.name, m.step, m.seqs_seen) for m in marks] == [("icl_peak", 300, 9600), ("ciwl_overtakes", 3000, 96000)]
+    assert "0.95" in marks[0].label
+
+
+def test_no_phase_marks_without_icl_or_behavior(table):
+    flat = table.copy()
+    flat.loc[(flat.analysis == "behavior") & (flat.evaluator == "icl"), "value"] = 0.5
+    assert plots.phases(flat) == []
+    assert plots.phases(table[table.analysis != "behavior"]) == []
+
+
+def test_behavior_figure_log_axis_without_step0_and_phase_lines(table):
+    fig = plots.behavior_figure(table)
+    assert [t.name for t in fig.data] == ["train", "icl", "ciwl", "flip", "iwl"]
+    assert list(fig.data[1].x) == list(STEPS[1:]) and list(fig.data[1].y) == list(ICL[1:])
+    assert fig.layout.xaxis.type == "log" and "training step" in fig.layout.xaxis.title.text
+    assert fig.layout.yaxis.title.text == "accuracy"
+    assert vlines(fig) == [300, 3000]
+    labels = [a.text for a in fig.layout.annotations]
+    assert any("ICL peak" in t for t in labels) and "CIWL overtakes ICL" in labels
+    # plotly places annotations on log axes by log10(x)
+    assert sorted(a.x for a in fig.layout.annotations) == pytest.approx([2.477, 3.477], abs=1e-3)
+    seqs = plots.behavior_figure(table, x="seqs_seen")
+    assert "sequences seen" in seqs.layout.xaxis.title.text and vlines(seqs) == [9600, 96000]
+
+
+def test_holdout_evaluators_dashed(table):
+    extra = table[(table.analysis == "behavior") & (table.evaluator == "icl")].copy()
+    extra["evaluator"] = "icl/holdout"
+    fig = plots.behavior_figure(tables.concat([table, extra]))
+    holdout = [t for t in fig.data if t.name == "icl holdout"]
+    assert len(holdout) == 1 and holdout[0].line.dash == "dash"
+
+
+def test_layer_figures_one_line_per_head_and_metric(table):
+    fig = plots.layer0_figure(table)
+    assert len(fig.data) == 2 * HEADS
+    assert [t.name for t in fig.data[:HEADS]] == ["L0H0", "L0H1", "L0H2"]
+    assert list(fig.data[2].y) == pytest.approx([0.2 + i / 100 for i in range(1, len(STEPS))])
+    assert fig.layout.yaxis.title.text == "attention weight"
+    assert len(vlines(fig)) == 2 and len([s for s in fig.layout.shapes if s.x0 == 300]) == 2  # both subplots
+    fig1 = plots.layer1_figure(table)
+    assert [t.name for t in fig1.data[:HEADS]] == ["L1H0", "L1H1", "L1H2"]
+    assert fig1.data[0].y[0] == pytest.approx(1.01)
+
+
+def test_head_heatmap_shape_values_and_phase_columns(table):
+    fig = plots.head_heatmap(table, "attention", "induction_strength")
+    hm = fig.data[0]
+    assert list(hm.y) == ["L0H0", "L0H1", "L0H2", "L1H0", "L1H1", "L1H2"]
+    assert hm.z.shape == (2 * HEADS, len(STEPS)) and hm.z[4, 2] == pytest.approx(1.12)
+    assert list(fig.layout.xaxis.ticktext) == [f"{s:,}" for s in STEPS]
+    assert vlines(fig) == [2, 4]  # columns of steps 300 and 3000
+    with pytest.raises(CoopError, match="several evaluators"):
+        plots.head_heatmap(tables.concat([table, table.assign(evaluator="other")]), "attention", "self_score")
+
+
+def test_ablation_figure_is_change_from_clean(table):
+    fig = plots.ablation_figure(table)
+    by_name = {(t.name, t.xaxis): t for t in fig.data}
+    assert list(by_name[("L1H2", "x")].y) == pytest.approx([-0.2] * (len(STEPS) - 1))
+    assert by_name[("L0H0", "x")].line.dash == "dot" and by_name[("L1H0", "x")].line.dash is None
+    assert "ablated − clean" in fig.layout.yaxis.title.text
+    raw = plots.ablation_figure(table[table.analysis != "behavior"])
+    assert raw.data[0].y[0] == pytest.approx(ICL[1]) and "with the head ablated" in raw.layout.yaxis.title.text
+
+
+def test_composition_slider_shows_one_step_at_a_time(table):
+    fig = plots.composition_figure(table)
+    assert len(fig.data) == 3 * len(STEPS)
+    slider = fig.layout.sliders[0]
+    assert [s.label.split(" ")[0] for s in slider.steps] == [f"{s:,}" for s in STEPS]
+    assert "ICL peak" in slider.steps[2].label
+    visible = slider.steps[1].args[0]["visible"]
+    assert sum(visible) == 3 and visible[3:6] == [True] * 3
+    assert [t.visible for t in fig.data].count(True) == 3 and fig.data[-1].visible
+    assert "random ≈ 0.12" in fig.layout.annotations[0].text
+    assert fig.data[0].z[1][1] == 0.5 and fig.data[0].z[0][1] == 0
+
+
+def test_path_patching_change_with_all_rows(table):
+    fig = plots.path_patching_figure(table, "train")
+    k = fig.data[1]  # step 0, through K
+    assert list(k.x)[0] == "all" and list(k.y)[0] == "all"
+    assert k.z[0][0] == pytest.approx(-0.5) and k.z[1][1] == pytest.approx(0.0)
+    assert fig.data[1].colorbar.title.text == "Δ accuracy"
+
+
+def test_missing_analyses_are_skipped_with_a_reason():
+    figs, skipped = plots.figures(synthetic(analyses=("behavior", "attention")))
+    assert {"behavior", "circuit_evolution", "layer0_attention", "layer1_attention", "induction_heatmap"} <= set(figs)
+    assert {"ablation", "composition", "path_patching"} <= set(skipped)
+    assert "coopinterp analyze RUN --analyses composition" in skipped["composition"]
+    with pytest.raises(plots.MissingAnalysis, match="no 'attention' rows"):
+        plots.layer0_figure(synthetic(analyses=("behavior",)))
+
+
+def test_metrics_feed_behavior_and_phases(table):
+    metrics = table[table.analysis == "behavior"].copy()
+    metrics.loc[(metrics.evaluator == "icl") & (metrics.step == 1000), "value"] = 0.99  # the peak moves
+    figs, _ = plots.figures(table, metrics)
+    assert 1000 in vlines(figs["behavior"]) and 1000 in vlines(figs["layer0_attention"])
+
+
+def test_html_is_offline_and_report_embeds_plotlyjs_once(table, tmp_path):
+    figs, skipped = plots.figures(synthetic(analyses=("behavior", "attention")))
+    path = plots.write_html(figs["behavior"], tmp_path / "b.html")
+    text = path.read_text()
+    assert "<script src=" not in text and "Plotly.newPlot" in text and len(text) > 1_000_000  # plotly.js inline
+    report = plots.write_report(figs, tmp_path / "r.html", "coopinterp report: synth",
+                                {"task": {"eps": 0.6}, "train": {"lr": 3e-4}}, skipped)
+    html = report.read_text()
+    banner = "plotly.js v"  # the bundle's licence banner, once per copy
+    assert html.count(banner) == text.count(banner) == 1
+    assert html.count("Plotly.newPlot") == len(figs)
+    assert "<th>eps</th><td>0.6</td>" in html and "Skipped figures" in html and "<script src=" not in html
+
+
+def test_png_export(tmp_path):
+    if shutil.which("chromium") is None and shutil.which("google-chrome") is None:
+        pytest.fail("PNG export needs Chromium: apt-get install chromium (CI installs it)")
+    figs, _ = plots.figures(synthetic(analyses=("behavior",)))
+    (path,) = plots.write_pngs(figs, tmp_path)
+    assert path.name == "behavior.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def cli(*args):
+    """The CLI in-process (a subprocess would pay torch's import again)."""
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_plot_and_report_on_a_run(tiny_run, tmp_path):
+    run = tmp_path / "run"  # a copy: analyze caches under RUN/analysis and the fixture run is shared
+    shutil.copytree(tiny_run.path, run, ignore=shutil.ignore_patterns("analysis"))
+    r = cli("plot", str(run), "--out", str(tmp_path / "figs"), "--format", "html",
+            "--analyses", "behavior,attention,ablation", "--no-progress")
+    assert r.exit_code == 0, r.output
+    written = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert "behavior.html" in written and "layer1_attention.html" in written and "ablation.html" in written
+    assert "skipped composition" in r.output and "composition.html" not in written
+    r = cli("report", str(run), "--out", str(tmp_path / "report.html"), "--analyses", "behavior,attention",
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "n_classes" in (tmp_path / "report.html").read_text()
+
+
+def test_cli_plot_table_and_errors(tmp_path):
+    path = tables.write_table(synthetic(analyses=("behavior",)), tmp_path / "t.parquet")
+    r = cli("plot", str(path), "--out", str(tmp_path / "o"), "--format", "html")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o" / "behavior.html").is_file() and "skipped layer0_attention" in r.output
+    for args, message in ((("plot", str(path), "--out", "o", "--format", "gif"), "--format takes"),
+                          (("plot", str(tmp_path / "none.parquet"), "--out", "o"), "not found"),
+                          (("report", str(tmp_path), "--out", "r.html"), "is not a coopinterp run")):
+        r = cli(*args)
+        assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
