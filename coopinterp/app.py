@@ -8,6 +8,7 @@ batches; models and results are cached, so revisiting a (step, heads, mode) is i
 """
 from __future__ import annotations
 
+import threading
 import time
 from functools import lru_cache, partial
 from typing import Sequence
@@ -53,6 +54,7 @@ class Explorer:
         self.clean_z = lru_cache(maxsize=None)(self._clean_z)
         self.evaluate = lru_cache(maxsize=512)(self._evaluate)
         self.patterns = lru_cache(maxsize=512)(self._patterns)
+        self.lock = threading.Lock()  # the server may run callbacks in parallel threads; models are shared
 
     def heads(self, names: Sequence[str]) -> tuple[Head, ...]:
         """Checklist values 'layer.head' -> sorted (layer, head) tuples."""
@@ -109,8 +111,9 @@ class Explorer:
 
     def update(self, step: int, heads: tuple[Head, ...], mode: str) -> tuple[dict, dict, Float[Tensor, "layer head q k"]]:
         """Clean results, ablated results and the example's patterns at one (step, heads, mode)."""
-        clean = self.evaluate(step, (), "zero")
-        return clean, self.evaluate(step, heads, mode) if heads else clean, self.patterns(step, heads, mode)
+        with self.lock:
+            clean = self.evaluate(step, (), "zero")
+            return clean, self.evaluate(step, heads, mode) if heads else clean, self.patterns(step, heads, mode)
 
 
 def _rows(batch: Batch, i: int) -> Batch:
@@ -119,7 +122,7 @@ def _rows(batch: Batch, i: int) -> Batch:
 
 
 def attention_figure(explorer: Explorer) -> go.Figure:
-    """The grid of per-head pattern heatmaps (zeros; `update` patches in the numbers)."""
+    """The grid of per-head pattern heatmaps (zeros; `render` patches in the numbers)."""
     cfg, labels = explorer.cfg, position_labels(explorer.run.config.task.context_pairs)
     titles = [plots.head_label(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
     fig = make_subplots(cfg.n_layers, cfg.n_heads, subplot_titles=titles, horizontal_spacing=0.012,
@@ -150,8 +153,9 @@ def curves_figure(explorer: Explorer) -> go.Figure:
     fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="ablated, chosen step",
                              marker=dict(symbol="x", size=11, color=[plots.EVALUATOR_COLORS[ev] for ev in EVALUATORS]),
                              hovertemplate="%{text}: %{y:.3f} ablated<extra></extra>", text=[]))
-    fig.add_shape(type="line", x0=1, x1=1, y0=0, y1=1, xref="x", yref="y domain", name="chosen step",
-                  line=dict(color="black", width=1.5))
+    last = explorer.run.steps[-1]  # shapes widen the autorange: start hidden, inside the data
+    fig.add_shape(type="line", x0=last, x1=last, y0=0, y1=1, xref="x", yref="y domain", name="chosen step",
+                  line=dict(color="black", width=1.5), visible=False)
     fig.update_layout(height=420, margin=dict(t=70))
     return fig
 
@@ -185,13 +189,11 @@ def render(explorer: Explorer, step: int, heads: tuple[Head, ...], mode: str) ->
             label = plots.head_label(layer, head)
             attention["layout"]["annotations"][i]["text"] = f"<b>{label} ✕</b>" if (layer, head) in heads else label
     curves = dash.Patch()
-    shown = [ev for ev in EVALUATORS if ev in ablated]
-    x = max(step, 1)  # step 0 has no place on the log axis
-    curves["data"][-1]["x"] = [x] * len(shown)
+    shown = [ev for ev in EVALUATORS if ev in ablated and step > 0]  # step 0 has no place on the log axis
+    curves["data"][-1]["x"] = [step] * len(shown)
     curves["data"][-1]["y"] = [ablated[ev]["acc"] for ev in shown]
     curves["data"][-1]["text"] = shown
-    curves["layout"]["shapes"][-1]["x0"] = x
-    curves["layout"]["shapes"][-1]["x1"] = x
+    curves["layout"]["shapes"][-1].update(dict(x0=step, x1=step, visible=step > 0))
     return results_table(clean, ablated), curves, attention
 
 

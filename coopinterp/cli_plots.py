@@ -64,6 +64,7 @@ def plot_cmd(
     format: str = typer.Option("html,png", "--format", help="Comma-separated: html (offline), png (needs Chromium)."),
     analyses: Optional[str] = typer.Option(None, "--analyses", help="Analyses to compute for a run (default: all)."),
     x: str = typer.Option("step", "--x", help="x axis of over-training figures: step or seqs_seen."),
+    scale: float = typer.Option(2.0, "--scale", help="PNG pixels per layout pixel."),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch (for a run)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches (for a run)."),
     progress: bool = typer.Option(True, help="Show the analysis progress bar."),
@@ -72,6 +73,8 @@ def plot_cmd(
     from . import plots
 
     formats = _formats(format)
+    if not 0 < scale <= 8:
+        raise CoopError(f"--scale must be in (0, 8], got {scale}")
     t0 = time.perf_counter()
     table, metrics, _, name = load_source(source, analyses, n, seed, progress)
     figs, skipped = plots.figures(table, metrics, x=x)
@@ -84,10 +87,10 @@ def plot_cmd(
         if "html" in formats:
             written += [plots.write_html(fig, out / f"{fig_name}.html") for fig_name, fig in figs.items()]
         if "png" in formats:
-            written += plots.write_pngs(figs, out)
+            written += plots.write_pngs(figs, out, scale=scale)
     except OSError as e:
         raise CoopError(f"cannot write to {out}: {e.strerror or e}") from None
-    console.print(f"{len(figs)} figures of [bold]{name}[/] ({', '.join(formats)}) -> {out} "
+    console.print(f"{len(written)} files ({len(figs)} figures of [bold]{name}[/], {', '.join(formats)}) -> {out} "
                   f"in {time.perf_counter() - t0:.1f} s: {', '.join(figs)}", highlight=False)
     _report_skipped(skipped)
 

@@ -72,11 +72,10 @@ def select(table: pd.DataFrame, analysis: str, **equal: object) -> pd.DataFrame:
 
 
 def behavior(table: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
-    """Behavior rows as a step x evaluator frame (also holds seqs_seen); duplicates keep the first row."""
+    """Behavior rows as a step x evaluator frame; duplicates keep the first row."""
     rows = select(table, "behavior", metric=metric).drop_duplicates(["step", "evaluator"])
     wide = rows.pivot(index="step", columns="evaluator", values="value").sort_index()
     wide.columns = wide.columns.astype(str)
-    wide["seqs_seen"] = rows.drop_duplicates("step").set_index("step").seqs_seen.reindex(wide.index)
     return wide
 
 
@@ -114,11 +113,11 @@ def mark_phases(fig: go.Figure, marks: Sequence[Phase], x: str = "step",
     On a log axis (`index` None) plotly places shapes by value but annotations by log10(value); on a
     per-checkpoint heatmap axis `index` maps a step to its (fractional) column.
     """
-    axes = _subplot_axes(fig)
-    top = max(_domain_top(fig, ya) for _, ya in axes) if axes else 1.0
     xs = [float(v) for t in fig.data if t.x is not None for v in t.x if index or float(v) > 0]
     if not xs:
         return fig
+    axes = _subplot_axes(fig)
+    top = max(_domain_top(fig, ya) for _, ya in axes)
     lo, hi = (min(xs), max(xs)) if index else (math.log10(min(xs)), math.log10(max(xs)))
     if marks and index is None:
         for _, ya in axes:
@@ -281,7 +280,6 @@ def head_heatmap(table: pd.DataFrame, analysis: str, metric: str, evaluator: str
     if rows.empty:
         raise MissingAnalysis(f"no per-head {analysis}/{metric} rows in the table")
     rows = rows.drop_duplicates(["step", "layer", "head"])
-    rows = rows.assign(label=[head_label(int(l), int(h)) for l, h in zip(rows.layer, rows["head"])])
     grid = rows.pivot(index=["layer", "head"], columns="step", values="value").sort_index()
     steps = [int(s) for s in grid.columns]
     labels = [head_label(int(l), int(h)) for l, h in grid.index]
@@ -312,12 +310,14 @@ def ablation_figure(table: pd.DataFrame, evaluators: Sequence[str] = ("icl", "ci
     clean = _clean(table, metric)
     unit = "accuracy" if metric == "acc" else "loss (nats)"
     fig = make_subplots(1, len(evaluators), shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=[f"{ev}" for ev in evaluators])
+                        subplot_titles=list(evaluators))
     for i, ev in enumerate(evaluators):
         part = select(rows, "ablation", evaluator=ev).copy()
-        if clean is not None and ev in clean:
+        delta = clean is not None and ev in clean
+        if delta:
             part["value"] = part.value.to_numpy() - clean[ev].reindex(part.step).to_numpy()
-        _head_lines(fig, part, x, 1, i + 1, show_legend=i == 0, y_hover=f"Δ{metric}", dash_by_layer=True)
+        _head_lines(fig, part, x, 1, i + 1, show_legend=i == 0, y_hover=f"Δ{metric}" if delta else metric,
+                    dash_by_layer=True)
     fig.update_xaxes(type="log", title=_x_title(x))
     y = f"change in {unit} (ablated − clean)" if clean is not None else f"{unit} with the head ablated"
     fig.update_yaxes(title=y, row=1, col=1)
@@ -329,12 +329,18 @@ def ablation_figure(table: pd.DataFrame, evaluators: Sequence[str] = ("icl", "ci
 
 def _matrix_slider(fig: go.Figure, steps: Sequence[int], per_step: int, marks: Sequence[Phase]) -> go.Figure:
     """A step slider showing the `per_step` traces of one step at a time (traces added step by step)."""
-    nearest = {min(steps, key=lambda s: abs(math.log10(max(s, 1)) - math.log10(max(m.step, 1)))): m.label
-               for m in marks}
+    def distance(step: int, mark: Phase) -> float:
+        return abs(math.log10(max(step, 1)) - math.log10(max(mark.step, 1)))
+
+    nearest = {}  # a phase names the checkpoint nearest to it, if that one lies within a factor 1.4 of it
+    for mark in marks:
+        step = min(steps, key=lambda s: distance(s, mark))
+        if distance(step, mark) < 0.15:
+            nearest[step] = mark.label
     slider_steps = []
     for i, step in enumerate(steps):
         visible = [j // per_step == i for j in range(len(fig.data))]
-        label = f"{step:,}" + (f" ({nearest[step]})" if step in nearest else "")
+        label = f"{step:,}" + (f" (≈ {nearest[step]})" if step in nearest else "")
         slider_steps.append(dict(method="restyle", args=[{"visible": visible}], label=label))
     for j, trace in enumerate(fig.data):
         trace.visible = j // per_step == len(steps) - 1

@@ -129,7 +129,9 @@ def test_composition_slider_shows_one_step_at_a_time(table):
     assert len(fig.data) == 3 * len(STEPS)
     slider = fig.layout.sliders[0]
     assert [s.label.split(" ")[0] for s in slider.steps] == [f"{s:,}" for s in STEPS]
-    assert "ICL peak" in slider.steps[2].label
+    assert "ICL peak" in slider.steps[2].label and "CIWL overtakes" in slider.steps[4].label
+    far = plots.composition_figure(table, marks=[plots.Phase("late", 100_000, 0, "late")]).layout.sliders[0]
+    assert not any("late" in s.label for s in far.steps)  # no checkpoint near it
     visible = slider.steps[1].args[0]["visible"]
     assert sum(visible) == 3 and visible[3:6] == [True] * 3
     assert [t.visible for t in fig.data].count(True) == 3 and fig.data[-1].visible
