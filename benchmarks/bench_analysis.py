@@ -33,6 +33,25 @@ def key(analysis: str, row: dict) -> tuple:
             row["component"])
 
 
+class Timed:
+    """Wraps `Engine.score` to time the unembedding + metrics, the part no batching removes."""
+
+    def __init__(self):
+        self.seconds, self.score = 0.0, ablation.Engine.score
+
+    def __enter__(self) -> "Timed":
+        def score(engine, hidden, batch):
+            t0 = time.perf_counter()
+            out = self.score(engine, hidden, batch)
+            self.seconds += time.perf_counter() - t0
+            return out
+        ablation.Engine.score = score
+        return self
+
+    def __exit__(self, *exc) -> None:
+        ablation.Engine.score = self.score
+
+
 def batched(model: ci.CoopModel, batches: dict[str, ci.Batch]) -> dict[tuple, float]:
     return {key(name, r): r["value"] for name, module in (("ablation", ablation), ("path_patching", patching))
             for r in module.rows(model, batches)}
@@ -94,14 +113,15 @@ def main() -> None:
         for step in run.steps:
             model = run.model(step)
             t0 = time.perf_counter()
-            fast = batched(model, batches)
+            with Timed() as unembed:
+                fast = batched(model, batches)
             t1 = time.perf_counter()
             slow = hooked(model, batches)
             t2 = time.perf_counter()
             assert fast.keys() == slow.keys()
             step_diff = max(abs(fast[k] - slow[k]) for k in fast)
-            print(f"step {step}: {len(fast)} values, batched {t1 - t0:.1f} s, hooked {t2 - t1:.1f} s, "
-                  f"max |diff| {step_diff:.2e}", flush=True)
+            print(f"step {step}: {len(fast)} values, batched {t1 - t0:.1f} s (of which unembedding + metrics "
+                  f"{unembed.seconds:.1f} s), hooked {t2 - t1:.1f} s, max |diff| {step_diff:.2e}", flush=True)
             t_fast, t_slow, diff, count = t_fast + t1 - t0, t_slow + t2 - t1, max(diff, step_diff), count + len(fast)
     print(f"total: batched engine {t_fast:.1f} s, one hooked forward per head/pair {t_slow:.1f} s, "
           f"speed-up {t_slow / t_fast:.1f}x, max |diff| {diff:.2e} over {count} values "

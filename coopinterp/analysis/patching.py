@@ -76,7 +76,7 @@ def patched_hidden(model: CoopModel, batch: Batch, senders: Sequence[Sequence[in
 
     resid = model.residual(batch)
     h1, z0 = engine.block(0, resid)
-    change = engine.result(0, sender_values(model, engine, batch, z0, mode, seed)) - engine.result(0, z0)
+    change = engine.result(0, sender_values(model, engine, batch, z0, mode, seed) - z0)  # per sender head
     delta = torch.einsum("gh,nthd->gntd", send, change)  # each sender group's change to layer 1's input
 
     x, xp = engine.norm(engine.ln1[1], h1), engine.norm(engine.ln1[1], h1 + delta)
