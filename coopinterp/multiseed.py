@@ -112,6 +112,7 @@ class SeedStack:
         emb = self.w["embed.weight"]
         emb.grad = torch.zeros_like(emb)
         self.row_offset = torch.arange(len(seeds), device=device)[:, None, None] * emb.shape[1]
+        self.forward = stacked_logits  # e.g. torch.compile(stacked_logits) (benchmarks/bench_train.py times both)
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -174,7 +175,7 @@ class SeedStack:
         # touched: autograd would allocate and zero the whole [S, labels, d] tensor every step (~15% of a step).
         rows = (labels + self.row_offset).flatten()
         lab = emb.detach().view(-1, d)[rows].view(*labels.shape, d).requires_grad_()
-        logits = stacked_logits(self.w, self.config.model.n_heads, self.eps, exemplars, lab)
+        logits = self.forward(self.w, self.config.model.n_heads, self.eps, exemplars, lab)
         per_seed = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(len(self), -1)
         for name in self.param_names:
             if name != "embed.weight":
@@ -210,7 +211,8 @@ def _saved_step(run_dir: Path) -> int:
         with safe_open(str(path), framework="pt") as f:
             return int((f.metadata() or {})["step"])
     except Exception as e:  # any damage: one line naming the file
-        raise CheckpointError(f"resume state {path} is corrupt ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        first = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"resume state {path} is corrupt ({type(e).__name__}: {first})") from None
 
 
 def _train_group(config: RunConfig, seeds: list[int], out: Path, start: int, progress: bool, device: str) -> None:

@@ -110,6 +110,9 @@ def test_extending_the_seed_list_trains_only_new_seeds(short, tmp_path):
         train_seeds(cfg.replace(train={"lr": 0.1}), [1], tmp_path, progress=False, device="cpu")
     with pytest.raises(ci.ConfigError, match="distinct"):
         train_seeds(cfg, [2, 2], tmp_path, progress=False, device="cpu")
+    (seed_dir(tmp_path, 2) / "state" / "last.safetensors").write_bytes(b"junk")
+    with pytest.raises(ci.CheckpointError, match="seed_2/state/last.safetensors is corrupt"):
+        train_seeds(cfg, [1, 2], tmp_path, progress=False, device="cpu")
 
 
 def test_cli_train_seeds(tmp_path):

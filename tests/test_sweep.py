@@ -50,7 +50,8 @@ def test_pool_sweep_reports_failures_and_skips_finished(tmp_path):
     (tmp_path / "seed=2" / "notes.txt").write_text("not a run")
     seen = []
     results = run_sweep(spec, tmp_path, workers=2, device="cpu", on_result=lambda r: seen.append(r.name))
-    assert [r.name for r in results] == ["seed=0", "seed=1", "seed=2"] and sorted(seen) == sorted(r.name for r in results)
+    assert [r.name for r in results] == ["seed=0", "seed=1", "seed=2"]
+    assert sorted(seen) == ["seed=0", "seed=1", "seed=2"]
     assert [r.status for r in results] == ["done", "done", "failed"]
     assert "not empty and holds no coopinterp run" in results[2].error
     assert all(0 <= r.icl <= 1 and 0 <= r.ciwl <= 1 and r.seconds > 0 for r in results[:2])
