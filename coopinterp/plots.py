@@ -126,6 +126,8 @@ def mark_phases(fig: go.Figure, marks: Sequence[Phase], x: str = "step",
     for i, mark in enumerate(marks):
         value = getattr(mark, x)
         line_x, label_x = (index(value), index(value)) if index else (value, math.log10(value))
+        if not math.isfinite(line_x):
+            continue
         # Text on the side with more room: plotly widens an axis's autorange to fit its annotations.
         left = hi == lo or (label_x - lo) / (hi - lo) < 0.6
         for xa, ya in axes:
@@ -260,9 +262,10 @@ def circuit_figure(table: pd.DataFrame, x: str = "step", behavior_table: pd.Data
 
 
 def _step_axis(steps: Sequence[int]) -> Callable[[float], float]:
-    """Map a step to a (fractional) column index of a step-per-column heatmap, interpolating in log(step)."""
+    """Map a step to a (fractional) column index of a step-per-column heatmap, interpolating in log(step);
+    NaN outside the checkpoints."""
     logs = np.log10(np.maximum(np.asarray(steps, dtype=float), 1.0))
-    return lambda step: float(np.interp(math.log10(max(step, 1.0)), logs, np.arange(len(steps))))
+    return lambda step: float(np.interp(math.log10(max(step, 1.0)), logs, np.arange(len(steps)), np.nan, np.nan))
 
 
 def head_heatmap(table: pd.DataFrame, analysis: str, metric: str, evaluator: str | None = None,

@@ -110,6 +110,8 @@ def test_head_heatmap_shape_values_and_phase_columns(table):
     assert hm.z.shape == (2 * HEADS, len(STEPS)) and hm.z[4, 2] == pytest.approx(1.12)
     assert list(fig.layout.xaxis.ticktext) == [f"{s:,}" for s in STEPS]
     assert vlines(fig) == [2, 4]  # columns of steps 300 and 3000
+    late = plots.head_heatmap(table, "attention", "self_score", marks=[plots.Phase("late", 99_000, 0, "late")])
+    assert vlines(late) == []  # after the last checkpoint: no column to mark
     with pytest.raises(CoopError, match="several evaluators"):
         plots.head_heatmap(tables.concat([table, table.assign(evaluator="other")]), "attention", "self_score")
 
