@@ -141,13 +141,7 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunConfig":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "config"))
 
     def replace(self, **sections: dict[str, Any]) -> "RunConfig":
         """Copy with some fields of `task`, `model`, `train` changed, e.g. replace(train={"lr": 1e-3})."""
@@ -159,6 +153,16 @@ class RunConfig:
                 _check(name in ("task", "model", "train"), f"unknown config section {name!r}")
                 d[name] = {**d[name], **changes}
         return RunConfig.from_dict(d)
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file; a missing or malformed one is a one-line ConfigError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} file {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
 
 
 def _from_dict(cls: type, d: Any, section: str) -> Any:

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors import safe_open
 from torch import Tensor
 
@@ -30,7 +29,7 @@ from .model import CoopModel
 from .tables import concat, read_table, table, write_table
 from .task import Batch, accuracy, loss, sample_train
 from .train import (TrainingInterrupted, _forget_now, _metric_rows, _prepare_dir, _State, checkpoint_schedule,
-                    eval_batches, forget_generator, resolve_device)
+                    eval_batches, forget_generator, progress_bar, resolve_device)
 
 EVAL_FLOATS = 2**25  # evaluate seeds in chunks whose logits stay under ~128 MB
 
@@ -230,8 +229,7 @@ def _train_group(config: RunConfig, seeds: list[int], out: Path, start: int, pro
         metrics.append(m[m.step < start])
     schedule = set(checkpoint_schedule(t.steps, t.n_checkpoints))
     batches = eval_batches(config, device)
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), disable=not progress)
+    bar = progress_bar(progress)
     step = start
     with bar:
         task_id = bar.add_task(f"train {config.name} x{len(seeds)} seeds", total=t.steps, completed=start, stats="")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .checkpoints import load_run, read_run_config
-from .config import RunConfig, preset
+from .config import RunConfig, preset, read_json
 from .errors import CheckpointError, ConfigError, CoopError
 from .multiseed import _saved_step
 
@@ -37,13 +37,7 @@ class Result:
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:
-    try:
-        spec = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"grid file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"grid file {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    return spec
+    return read_json(path, "grid")
 
 
 def _split(key: str) -> tuple[str, str]:

@@ -128,6 +128,12 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
     return ""
 
 
+def progress_bar(enabled: bool) -> Progress:
+    """The training progress bar: steps, time left, and the last evaluation's loss and accuracies."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), disable=not enabled)
+
+
 def _forget_now(config: RunConfig, step: int) -> bool:
     t = config.train
     if t.forgetting == "none" or step == 0 or step % t.forget_every:
@@ -168,8 +174,7 @@ def train(config: RunConfig, out_dir: str | Path, progress: bool = True, device:
     schedule = set(checkpoint_schedule(t.steps, t.n_checkpoints))
     batches = eval_batches(config, device)
     seqs = lambda s: s * t.batch_size  # noqa: E731
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), disable=not progress)
+    bar = progress_bar(progress)
     step = start
     with bar:
         task_id = bar.add_task(f"train {config.name}", total=t.steps, completed=start, stats="")
