@@ -454,7 +454,6 @@ def write_html(fig: go.Figure, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.write_html(tmp, include_plotlyjs=True, full_html=True)
-    path.chmod(0o644)  # the temporary file was private
     return path
 
 
@@ -510,5 +509,4 @@ def write_report(figs: dict[str, go.Figure], path: str | Path, title: str, confi
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(report_html(figs, title, config, skipped), encoding="utf-8")
-    path.chmod(0o644)  # the temporary file was private
     return path
