@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .checkpoints import Run, load_run, load_tensors, read_run_config, save_checkpoint, save_tensors, write_run_json
+from .checkpoints import (Run, list_checkpoints, load_run, load_tensors, read_run_config, save_checkpoint, save_tensors,
+                          write_run_json)
 from .config import RunConfig
 from .errors import CoopError
 from .model import CoopModel
@@ -110,6 +111,9 @@ def _prepare_dir(config: RunConfig, out: Path) -> None:
             diff = _first_difference(existing.to_dict(), config.to_dict())
             raise CoopError(f"{out} holds a run with a different config ({diff}); resume it with the same config "
                             "or choose another output directory")
+        if not _State(out).path.exists() and (list_checkpoints(out) or (out / "metrics.parquet").exists()):
+            raise CoopError(f"{out} holds a run without resume state (state/last.safetensors), e.g. a shipped run; "
+                            "training there would overwrite it: choose another output directory")
     elif out.is_dir() and any(out.iterdir()):
         raise CoopError(f"{out} is not empty and holds no coopinterp run; choose another output directory")
     out.mkdir(parents=True, exist_ok=True)

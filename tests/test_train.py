@@ -97,3 +97,13 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
             raise RuntimeError("crash")
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["x.bin"]
+
+
+def test_a_run_without_resume_state_is_never_overwritten(tmp_path, tiny_config):
+    cfg = tiny_config.replace(train={"steps": 20, "eval_every": 10})
+    run = ci.train(cfg, tmp_path / "shipped", progress=False, device="cpu")
+    (run.path / "state" / "last.safetensors").unlink()
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    with pytest.raises(ci.CoopError, match="without resume state"):
+        ci.train(cfg, run.path, progress=False, device="cpu")
+    assert before == {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
