@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> str:
                    f"head 0.{head} (top previous-token head at step {at_peak}, near the ICL peak at {peak}): "
                    f"prev-token {prev0:.3f} -> {prev1:.3f}, self {self0:.3f} -> {self1:.3f} by step {final}; "
                    f"layer-0 mean prev-token {mean_prev[at_peak]:.3f} -> {mean_prev[final]:.3f}, mean self "
-                   f"{mean_self[at_peak]:.3f} -> {mean_self[final]:.3f} (needs prev>=.5 at peak, falls>=.2, self rises>=.2)")
+                   f"{mean_self[at_peak]:.3f} -> {mean_self[final]:.3f} "
+                   "(needs prev>=.5 at peak, falls>=.2, self rises>=.2)")
 
 
 if __name__ == "__main__":

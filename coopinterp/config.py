@@ -92,7 +92,8 @@ class TrainConfig:
     checkpoint_dtype: str = "float32"  # "float16" halves the size; analyses upcast
     eval_every: int = 1_000  # evaluator metrics logged to metrics.parquet
     eval_n: int = 1_024
-    forgetting: str = "none"  # "active": re-init label embedding every forget_every steps; "temporary": only before forget_until
+    # "active": re-initialise the label embedding every forget_every steps; "temporary": only before forget_until
+    forgetting: str = "none"
     forget_every: int = 0
     forget_until: int = 0
 

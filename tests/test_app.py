@@ -93,7 +93,7 @@ def test_toggling_a_head_changes_the_shown_accuracy(explorer, tiny_run, browser,
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    step, model = tiny_run.steps[-1], tiny_run.model(tiny_run.steps[-1])
+    model = tiny_run.model(tiny_run.steps[-1])
     heads = all_heads(model.cfg)
     batch = explorer.batches["train"]
     acc = accuracy(ablate(model, batch, [[]] + [[h] for h in heads], "mean"), batch)
