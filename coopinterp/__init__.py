@@ -8,7 +8,10 @@ from .model import CoopModel  # noqa: E402
 from .task import EVALUATORS, Batch, make_batch  # noqa: E402
 from .train import train  # noqa: E402
 from .analysis import analyze  # noqa: E402
+from .legacy import import_tl_checkpoints  # noqa: E402
+from .minimal import run_minimal, summarize_minimal  # noqa: E402
+from .multiseed import train_seeds  # noqa: E402
 
 __all__ = ["Run", "load_run", "RunConfig", "TaskConfig", "ModelConfig", "TrainConfig", "preset", "CoopError",
            "ConfigError", "CheckpointError", "CoopModel", "EVALUATORS", "Batch", "make_batch", "train",
-           "analyze"]
+           "analyze", "import_tl_checkpoints", "run_minimal", "summarize_minimal", "train_seeds"]
