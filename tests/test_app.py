@@ -90,6 +90,7 @@ def browser():
 
 
 def test_toggling_a_head_changes_the_shown_accuracy(explorer, tiny_run, browser, tmp_path):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -105,16 +106,17 @@ def test_toggling_a_head_changes_the_shown_accuracy(explorer, tiny_run, browser,
     thread.start()
     try:
         browser.get(f"http://127.0.0.1:{server.server_port}/")
-        wait = WebDriverWait(browser, 20)
+        # Dash re-renders the table on every update: an element read mid-render is stale, so retry those reads.
+        wait = WebDriverWait(browser, 20, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
         cell = lambda: browser.find_element(By.ID, "acc-train").text  # noqa: E731
-        wait.until(lambda d: d.find_elements(By.ID, "acc-train") and cell())
-        assert cell() == f"{acc[0]:.3f}"
+        wait.until(lambda d: cell() == f"{acc[0]:.3f}")
         t0 = time.perf_counter()
-        browser.find_element(By.CSS_SELECTOR, f'#heads-{layer} input[value="{layer}.{head}"]').click()
+        box = f'#heads-{layer} input[value="{layer}.{head}"]'
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, box).click() or True)
         expected = f"{acc[1 + heads.index((layer, head))]:.3f}"
         wait.until(lambda d: cell() == expected)
         assert time.perf_counter() - t0 < 10
-        assert f"L{layer}H{head} ✕" in browser.find_element(By.ID, "attention").text
+        wait.until(lambda d: f"L{layer}H{head} ✕" in d.find_element(By.ID, "attention").text)
         browser.save_screenshot(str(tmp_path / "app.png"))
         assert (tmp_path / "app.png").read_bytes()[:4] == b"\x89PNG"
     finally:
