@@ -22,7 +22,8 @@ from .errors import CheckpointError, ConfigError
 from .model import CoopModel
 from .tables import atomic_path, read_table
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added train.forget_target; format-1 runs forgot the label embedding
+READABLE_FORMATS = (1, 2)
 CHECKPOINT_RE = re.compile(r"^step_(\d{9})\.safetensors$")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
@@ -44,14 +45,23 @@ def read_run_config(run_dir: Path) -> RunConfig:
         raise CheckpointError(f"{run_dir} is not a coopinterp run: no run.json")
     try:
         meta = json.loads(path.read_text())
-        config = RunConfig.from_dict(meta["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        version = meta.get("format_version")
+        if version not in READABLE_FORMATS:
+            raise CheckpointError(f"{path} has format_version {version!r}; this coopinterp reads "
+                                  f"{', '.join(map(str, READABLE_FORMATS))}")
+        config = RunConfig.from_dict(_upgrade(meta["config"], version))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is corrupt: {type(e).__name__}: {e}") from None
     except ConfigError as e:
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {meta.get('format_version')!r}; "
-                              f"this coopinterp reads {FORMAT_VERSION}")
+    return config
+
+
+def _upgrade(config: dict, version: int) -> dict:
+    """A config as this version reads it: format-1 runs that forgot did so on the label embedding."""
+    if version == 1:
+        train = config.get("train", {})
+        config = {**config, "train": {"forget_target": "label", **train}}
     return config
 
 

@@ -110,12 +110,18 @@ def clamp_cmd(
     head: Optional[str] = typer.Option(None, "--head", help="LAYER.HEAD to clamp (default: the last layer's "
                                        "most skip-trigram-like head)."),
     step: Optional[int] = STEP,
+    protocol: str = typer.Option("paper", "--protocol", help="paper: the head alone reaches the unembedding "
+                                 "(embedding path, layer 0 and the other heads removed, values clean); layer: the "
+                                 "rest of its layer mean-ablated, everything else clean."),
     n: int = N,
     seed: int = SEED,
 ) -> None:
     """Skip-trigram copier test: CIWL acc with the head's query attention clamped to s on the true label."""
     from .analysis.ablation import parse_heads
-    from .analysis.clamping import S_VALUES, clamp_sweep, skip_trigram_head
+    from .analysis.clamping import PROTOCOLS, S_VALUES, clamp_sweep, copier_sweep, skip_trigram_head
+
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown --protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
 
     run, step, model, batches = _load(run_dir, step, n, seed)
     batch = batches["ciwl"]
@@ -126,12 +132,15 @@ def clamp_cmd(
         if len(parsed) != 1:
             raise ConfigError(f"--head takes one head, got {head!r}")
         chosen = parsed[0]
-    acc, ce = clamp_sweep(model, batch, chosen)
-    table = _table(f"{run.name} step {step}: head {chosen[0]}.{chosen[1]} clamped, rest of its layer "
-                   "mean-ablated", ["s", "2s-1", "ciwl acc", "ciwl loss"])
+    acc, ce = (copier_sweep if protocol == "paper" else clamp_sweep)(model, batch, chosen)
+    what = ("alone reaching the unembedding" if protocol == "paper" else "with the rest of its layer mean-ablated")
+    table = _table(f"{run.name} step {step}: head {chosen[0]}.{chosen[1]} clamped, {what}",
+                   ["s (attention on the true label)", "ciwl acc", "ciwl loss"])
     for s, a, c in zip(S_VALUES, acc.tolist(), ce.tolist()):
-        table.add_row(f"{s:.1f}", f"{2 * s - 1:+.1f}", f"{a:.3f}", f"{c:.3f}")
+        table.add_row(f"{s:.1f}", f"{a:.3f}", f"{c:.3f}")
     console.print(table)
+    console.print("A copier's accuracy follows s: about 0 at s = 0 (it copies the wrong label), 0.5 at s = 0.5, "
+                  "about 1 at s = 1.", highlight=False)
 
 
 @app.command("graft")
@@ -146,7 +155,7 @@ def graft_cmd(
     seed: int = SEED,
 ) -> None:
     """Every evaluator's acc for the recipient, the donor, and the recipient with the donor's groups grafted in."""
-    from .analysis.clamping import evaluate, graft
+    from .analysis.grafting import evaluate, graft
 
     run, step, model, batches = _load(run_dir, step, n, seed)
     donor_run, donor_step, donor_model, _ = _load(donor, donor_step, n, seed)

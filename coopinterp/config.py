@@ -25,6 +25,10 @@ class TaskConfig:
     exemplars_per_class: int = 20
     dim: int = 64
     eps: float = 0.5  # within-class noise relative to the class prototype
+    # Families (Omniglot's characters x rotations): F consecutive classes share a family direction and differ
+    # by `family_delta`, so the full K-way map is hard to memorise while two-way choices stay easy. 1: none.
+    family_size: int = 1
+    family_delta: float = 0.15
     context_pairs: int = 2
     holdout_classes: int = 0  # the last H classes never appear in training
     p_bursty: float = 1.0  # with N > 2: share of sequences that hold the query's class
@@ -52,6 +56,10 @@ class TaskConfig:
         _check(self.exemplars_per_class >= 2, f"exemplars_per_class must be >= 2, got {self.exemplars_per_class}")
         _check(self.dim >= 1, f"dim must be >= 1, got {self.dim}")
         _check(self.eps >= 0 and math.isfinite(self.eps), f"eps must be finite and >= 0, got {self.eps}")
+        _check(self.family_size >= 1 and self.n_classes % self.family_size == 0,
+               f"family_size must be >= 1 and divide n_classes ({self.n_classes}), got {self.family_size}")
+        _check(self.family_delta > 0 and math.isfinite(self.family_delta),
+               f"family_delta must be finite and > 0, got {self.family_delta}")
         _check(self.context_pairs >= 2, f"context_pairs must be >= 2, got {self.context_pairs}")
         _check(self.holdout_classes == 0 or 3 <= self.holdout_classes <= self.n_classes - 3,
                f"holdout_classes must be 0 or in [3, n_classes - 3], got {self.holdout_classes}")
@@ -78,6 +86,7 @@ class ModelConfig:
 
 
 FORGETTING = ("none", "active", "temporary")
+FORGET_TARGETS = ("exemplar", "label")
 
 
 @dataclass(frozen=True)
@@ -92,10 +101,13 @@ class TrainConfig:
     checkpoint_dtype: str = "float32"  # "float16" halves the size; analyses upcast
     eval_every: int = 1_000  # evaluator metrics logged to metrics.parquet
     eval_n: int = 1_024
-    # "active": re-initialise the label embedding every forget_every steps; "temporary": only before forget_until
+    # "active": re-initialise an embedding and its Adam state every forget_every steps; "temporary": only before
+    # forget_until. forget_target "exemplar" resets the content (exemplar) embedding, as Anand et al. reset the
+    # content tokens; "label" resets the label embedding instead.
     forgetting: str = "none"
     forget_every: int = 0
     forget_until: int = 0
+    forget_target: str = "exemplar"
 
     def validate(self) -> None:
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -106,6 +118,8 @@ class TrainConfig:
                f"checkpoint_dtype must be 'float32' or 'float16', got {self.checkpoint_dtype!r}")
         _check(self.eval_every >= 1 and self.eval_n >= 2, "eval_every must be >= 1 and eval_n >= 2")
         _check(self.forgetting in FORGETTING, f"forgetting must be one of {FORGETTING}, got {self.forgetting!r}")
+        _check(self.forget_target in FORGET_TARGETS,
+               f"forget_target must be one of {FORGET_TARGETS}, got {self.forget_target!r}")
         if self.forgetting != "none":
             _check(self.forget_every >= 1, f"forgetting={self.forgetting!r} needs forget_every >= 1")
         if self.forgetting == "temporary":

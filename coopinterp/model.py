@@ -82,6 +82,23 @@ class CoopModel(nn.Module):
     def reset_label_embedding(self, generator: torch.Generator) -> None:
         nn.init.trunc_normal_(self.label_embedding, std=0.02, generator=generator)
 
+    @torch.no_grad()
+    def reset_exemplar_embedding(self, generator: torch.Generator) -> None:
+        """Re-draw the content (exemplar) embedding as at initialisation: forgetting's content reset."""
+        lin = self.exemplar_embed
+        if self.cfg.init == "paper":
+            nn.init.normal_(lin.weight, std=lin.in_features ** -0.5, generator=generator)
+        else:
+            nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5), generator=generator)
+        nn.init.zeros_(lin.bias)
+
+    def forget_parameters(self, target: str) -> list[nn.Parameter]:
+        """The parameters a forgetting reset of `target` ("exemplar" or "label") re-draws."""
+        return [self.exemplar_embed.weight, self.exemplar_embed.bias] if target == "exemplar" else [self.label_embedding]
+
+    def reset_embedding(self, target: str, generator: torch.Generator) -> None:
+        (self.reset_exemplar_embedding if target == "exemplar" else self.reset_label_embedding)(generator)
+
     @property
     def label_embedding(self) -> nn.Parameter:
         return self.bridge.embed.original_component.weight

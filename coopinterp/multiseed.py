@@ -153,12 +153,17 @@ class SeedStack:
 
     @torch.no_grad()
     def forget(self, step: int) -> None:
-        """train._forget for every seed: re-draw each label embedding, zero its Adam state."""
+        """train._forget for every seed: re-draw each seed's forgotten embedding, zero its Adam state."""
+        target = self.config.train.forget_target
+        names = ["exemplar_embed.weight", "exemplar_embed.bias"] if target == "exemplar" else ["embed.weight"]
         for j, s in enumerate(self.seeds):
-            self.shell.reset_label_embedding(forget_generator(s, step))
-            self.w["embed.weight"][j].copy_(self.shell.label_embedding)
-        for value in self.opt.state.get(self.w["embed.weight"], {}).values():
-            value.zero_()
+            self.shell.reset_embedding(target, forget_generator(s, step))
+            own = self.shell.weights()
+            for name in names:
+                self.w[name][j].copy_(own[name])
+        for name in names:
+            for value in self.opt.state.get(self.w[name], {}).values():
+                value.zero_()
 
     def sample(self) -> tuple[Float[Tensor, "S n pairs_plus_1 dim"], Int[Tensor, "S n pairs"], Int[Tensor, "S n"]]:
         """One training batch per seed, each from its own generator (the single-seed stream)."""

@@ -45,16 +45,24 @@ class Batch:
 
 
 @functools.lru_cache(maxsize=4)
-def _bank(n_classes: int, per_class: int, dim: int, eps: float, seed: int, device: str) -> Float[Tensor, "K E D"]:
+def _bank(n_classes: int, per_class: int, dim: int, eps: float, family_size: int, family_delta: float, seed: int,
+          device: str) -> Float[Tensor, "K E D"]:
     g = torch.Generator().manual_seed(seed)
     prototypes = torch.randn(n_classes, 1, dim, generator=g)
     noise = torch.randn(n_classes, per_class, dim, generator=g)
+    if family_size > 1:  # drawn after the rest, so a task without families keeps its old bank
+        family = torch.randn(n_classes // family_size, 1, dim, generator=g).repeat_interleave(family_size, 0)
+        prototypes = (family + family_delta * prototypes) / math.sqrt(1 + family_delta**2)
     return ((prototypes + eps * noise) / math.sqrt(1 + eps**2)).to(device)
 
 
 def exemplar_bank(task: TaskConfig, device: torch.device | str = "cpu") -> Float[Tensor, "K E D"]:
-    """K classes x E exemplars, coordinates ~N(0, 1): e_kj = (mu_k + eps*eta_kj) / sqrt(1 + eps^2)."""
-    return _bank(task.n_classes, task.exemplars_per_class, task.dim, task.eps, task.seed, str(torch.device(device)))
+    """K classes x E exemplars, coordinates ~N(0, 1): e_kj = (mu_k + eps*eta_kj) / sqrt(1 + eps^2).
+
+    With families of F classes, mu_k = (m_f + delta*u_k) / sqrt(1 + delta^2) for class k in family f = k // F.
+    """
+    return _bank(task.n_classes, task.exemplars_per_class, task.dim, task.eps, task.family_size, task.family_delta,
+                 task.seed, str(torch.device(device)))
 
 
 class _Sampler:

@@ -150,11 +150,12 @@ def forget_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def _forget(model: CoopModel, opt: torch.optim.Optimizer, seed: int, step: int) -> None:
-    """Re-initialise the label embedding and its Adam state (Anand et al.'s forgetting)."""
-    model.reset_label_embedding(forget_generator(seed, step))
-    for value in opt.state.get(model.label_embedding, {}).values():
-        value.zero_()
+def _forget(model: CoopModel, opt: torch.optim.Optimizer, target: str, seed: int, step: int) -> None:
+    """Re-initialise the exemplar or label embedding and its Adam state (Anand et al.'s forgetting)."""
+    model.reset_embedding(target, forget_generator(seed, step))
+    for param in model.forget_parameters(target):
+        for value in opt.state.get(param, {}).values():
+            value.zero_()
 
 
 def train(config: RunConfig, out_dir: str | Path, progress: bool = True, device: str | None = None) -> Run:
@@ -197,7 +198,7 @@ def train(config: RunConfig, out_dir: str | Path, progress: bool = True, device:
                 if step == t.steps:
                     break
                 if _forget_now(config, step):
-                    _forget(model, opt, t.seed, step)
+                    _forget(model, opt, t.forget_target, t.seed, step)
                 batch = sample_train(config.task, t.batch_size, gen)
                 train_loss = F.cross_entropy(model.fast_logits(batch.exemplars, batch.labels), batch.target)
                 opt.zero_grad(set_to_none=True)

@@ -6,6 +6,8 @@ from typer.testing import CliRunner
 import coopinterp as ci
 from coopinterp.analysis import ablation as A
 from coopinterp.analysis import clamping as C
+from coopinterp.analysis import grafting as G
+from coopinterp.analysis import paper_checks as PC
 from coopinterp.analysis import patching as P
 from coopinterp.cli import app
 from coopinterp.tables import table
@@ -110,6 +112,103 @@ def test_patching_everything_equals_ablating_the_senders(model, batches, mode):
     assert P.qkv_check(model, batch, mode)["ablated"] == pytest.approx(acc.item())
 
 
+def direct_path_hook(model, batch, direct_path):
+    """Reference hooks: the final LayerNorm's input without (cut) or with only (only) the query's embedding."""
+    store = {}
+
+    def record(x, hook):
+        store["resid"] = x.clone()
+
+    def edit(x, hook):
+        query = store["resid"][:, -1:]
+        return x - query if direct_path == "cut" else query.expand_as(x).clone()
+
+    return [("blocks.0.hook_resid_pre", record), ("ln_final.hook_in", edit)]
+
+
+@pytest.mark.parametrize("direct_path", ["cut", "only"])
+def test_direct_path_matches_hooks(model, batches, direct_path):
+    engine = A.Engine(model)
+    for ev in ("train", "iwl"):
+        batch = batches[ev]
+        hidden, _ = engine.forward(model.residual(batch), direct_path=direct_path)
+        naive = model.run_with_hooks(batch, fwd_hooks=direct_path_hook(model, batch, direct_path))
+        torch.testing.assert_close(engine.logits(hidden), naive, **TOL)
+        assert (naive - model(batch)).abs().amax() > 1e-2
+    with pytest.raises(ci.ConfigError, match="unknown direct_path 'bogus'"):
+        engine.forward(model.residual(batch), direct_path="bogus")
+
+
+def test_qkv_zero_check_with_direct_path_cut_matches_hooks(model, batches):
+    """The paper's K/V/Q check: layer-0 outputs zeroed in layer 1's K, V or Q input only, direct path cut."""
+    batch, every = batches["train"], list(range(model.cfg.n_heads))
+    values = A.hooked_replacements(model, batch, "zero")[0]
+    inputs = P.sender_inputs_hooked(model, batch, every, values)
+    acc, ce = P.path_patch(model, batch, [every], [every], ["q", "k", "v"], "zero", direct_path="cut")
+    for c, comp in enumerate("qkv"):
+        naive = P.receive_hooked(model, batch, every, comp, inputs,
+                                 extra_hooks=direct_path_hook(model, batch, "cut"))
+        assert acc[c, 0, 0].item() == pytest.approx(accuracy(naive, batch).item())
+        assert ce[c, 0, 0].item() == pytest.approx(loss(naive, batch).item(), abs=1e-5)
+    check = P.qkv_check(model, batch, direct_path="cut")
+    assert check["k"] == pytest.approx(acc[1, 0, 0].item()) and set(check) == {"clean", "q", "k", "v", "qkv",
+                                                                               "ablated"}
+
+
+def test_paper_checks_rows(model, batches):
+    rows = PC.rows(model, batches)
+    df = as_table(rows)
+    assert len(df) == len(EVALUATORS) * (2 + 2 * len(PC.CHECK_COMPONENTS)) * 2
+    only = df[(df.component == "direct_only") & (df.evaluator == "iwl") & (df.metric == "acc")].value.item()
+    engine = A.Engine(model)
+    acc, _ = engine.score(engine.forward(model.residual(batches["iwl"]), direct_path="only")[0], batches["iwl"])
+    assert only == pytest.approx(acc.item())
+
+
+def test_copier_sweep_matches_hooks(model, batches):
+    batch = batches["ciwl"]
+    for head in ((1, 0), (1, 3)):
+        acc, ce = C.copier_sweep(model, batch, head, s=[0.0, 0.4, 1.0])
+        for i, s in enumerate([0.0, 0.4, 1.0]):
+            naive = C.copier_hooked(model, batch, head, s)
+            assert acc[i].item() == pytest.approx(accuracy(naive, batch).item())
+            assert ce[i].item() == pytest.approx(loss(naive, batch).item(), abs=1e-5)
+    with pytest.raises(ci.ConfigError, match="clamps a last-layer head"):
+        C.copier_sweep(model, batch, (0, 1))
+
+
+def test_copier_sweep_on_a_hand_built_copier(tiny_config, batches):
+    """Head 1.0's OV copies each label's direction onto that label's unembedding: it answers the label it attends
+    to, so CIWL accuracy is 0 below s = 0.5 and 1 above it."""
+    m = ci.CoopModel(tiny_config.task, tiny_config.model).eval().requires_grad_(False)
+    w = {k: torch.zeros_like(v) for k, v in m.weights().items()}
+    d, dh = tiny_config.model.d_model, tiny_config.model.d_head
+    directions = torch.zeros(tiny_config.task.labels, d)  # label i: +-(e_j - e_{j+dh}), zero-mean for LayerNorm
+    for i in range(tiny_config.task.labels):
+        j, sign = i % dh, 1 - 2 * (i // dh)
+        directions[i, j], directions[i, j + dh] = sign, -sign
+    w["embed.weight"], w["unembed.weight"] = 3 * directions, directions
+    for at in range(dh):
+        w["blocks.1.attn.v.weight"][at, at], w["blocks.1.attn.v.weight"][at, at + dh] = 1, -1
+        w["blocks.1.attn.o.weight"][at, at], w["blocks.1.attn.o.weight"][at + dh, at] = 1, -1
+    for name in ("blocks.0.ln1.weight", "blocks.1.ln1.weight", "ln_final.weight"):
+        w[name] = torch.ones_like(w[name])
+    m.load_weights(w)
+    acc, _ = C.copier_sweep(m, batches["ciwl"], (1, 0), s=[0.0, 0.3, 0.7, 1.0])
+    assert acc.tolist() == [0.0, 0.0, 1.0, 1.0]
+    acc, _ = C.copier_sweep(m, batches["ciwl"], (1, 1), s=[0.0, 1.0])  # a head with no OV circuit: a tie
+    assert acc[0] == acc[1]
+
+
+def test_graft_out_and_in(tiny_run, batches):
+    early, late = tiny_run.model(tiny_run.steps[1]), tiny_run.model(tiny_run.steps[-1])
+    out, into = G.graft_out(early, late), G.graft_in(early, late)
+    for name, value in out.weights().items():
+        assert torch.equal(value, (late if name.startswith("blocks.1.") else early).weights()[name]), name
+    for name, value in into.weights().items():
+        assert torch.equal(value, (early if name.startswith("blocks.1.") else late).weights()[name]), name
+
+
 def test_patching_a_silent_head_changes_nothing(model, batches):
     weights = model.weights()
     v = weights["blocks.0.attn.v.weight"].clone()
@@ -160,21 +259,23 @@ def test_clamp_row_and_rows(model, batches):
     with pytest.raises(ci.ConfigError, match="use ciwl"):
         C.clamp_sweep(model, batches["iwl"], (1, 0))
     rows = C.rows(model, batches)
-    assert [r["component"] for r in rows[::2]] == [f"s={s:.2f}" for s in C.S_VALUES]
-    assert {r["head"] for r in rows} == {C.skip_trigram_head(model, batch)}
+    assert [r["component"] for r in rows[:2 * len(C.S_VALUES):2]] == [f"s={s:.2f}" for s in C.S_VALUES]
+    assert {r["head"] for r in rows} == set(range(model.cfg.n_heads)) and {r["layer"] for r in rows} == {1}
+    acc, _ = C.copier_sweep(model, batch, (1, 2))
+    assert [r["value"] for r in rows if r["head"] == 2 and r["metric"] == "acc"] == pytest.approx(acc.tolist())
 
 
 def test_graft(tiny_run, batches):
     recipient, donor = tiny_run.model(tiny_run.steps[1]), tiny_run.model(tiny_run.steps[-1])
-    grafted = C.graft(recipient, donor, ["layer0", "unembed"])
+    grafted = G.graft(recipient, donor, ["layer0", "unembed"])
     w, wr, wd = grafted.weights(), recipient.weights(), donor.weights()
     for name in w:
         expected = wd if name.startswith(("blocks.0.", "unembed.")) else wr
         assert torch.equal(w[name], expected[name]), name
-    everything = C.graft(recipient, donor, list(C.param_groups(recipient)))
-    assert C.evaluate(everything, batches) == C.evaluate(donor, batches)
+    everything = G.graft(recipient, donor, list(G.param_groups(recipient)))
+    assert G.evaluate(everything, batches) == G.evaluate(donor, batches)
     with pytest.raises(ci.ConfigError, match="unknown parameter group 'layer2'; choose from layer0, layer1"):
-        C.graft(recipient, donor, ["layer2"])
+        G.graft(recipient, donor, ["layer2"])
 
 
 def test_cli(tiny_run):

@@ -41,6 +41,7 @@ ANALYSES: dict[str, str] = {
     "ablation": "coopinterp.analysis.ablation",
     "path_patching": "coopinterp.analysis.patching",
     "clamping": "coopinterp.analysis.clamping",
+    "paper_checks": "coopinterp.analysis.paper_checks",
 }
 
 

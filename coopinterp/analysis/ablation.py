@@ -12,6 +12,11 @@ Ablating a head replaces its output (`hook_z`, hence `hook_result`) at every pos
   resample  its value on another sequence of the same batch (a fixed derangement: no sequence keeps its own).
 Replacement values always come from the clean run, so ablating heads of both layers together means what the
 hooked reference means.
+
+The direct path is the query's own embedding (`blocks.0.hook_resid_pre` at the query) reaching the final
+LayerNorm without passing through attention. `direct_path="cut"` removes it from the unembedding's input (only
+attention outputs answer), `"only"` keeps it alone (what the query's embedding answers by itself: pure
+memorisation), `"keep"` leaves the model as it is.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from ..task import Batch
 
 Head = tuple[int, int]  # (layer, head), 0-indexed
 MODES = ("zero", "mean", "resample")
+DIRECT_PATHS = ("keep", "cut", "only")
 Z = Float[Tensor, "*sets n pos head d_head"]
 Pattern = Float[Tensor, "*sets n head q_pos k_pos"]
 EditZ = Callable[[int, Z], Z]
@@ -60,6 +66,22 @@ def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ConfigError(f"unknown ablation mode {mode!r}; choose from {', '.join(MODES)}")
     return mode
+
+
+def check_direct_path(direct_path: str) -> str:
+    if direct_path not in DIRECT_PATHS:
+        raise ConfigError(f"unknown direct_path {direct_path!r}; choose from {', '.join(DIRECT_PATHS)}")
+    return direct_path
+
+
+def with_direct_path(final: Float[Tensor, "*sets n d_model"], resid_query: Float[Tensor, "n d_model"],
+                     direct_path: str) -> Float[Tensor, "*sets n d_model"]:
+    """The final stream at the query with the direct path kept, cut or kept alone (module docstring)."""
+    if check_direct_path(direct_path) == "cut":
+        return final - resid_query
+    if direct_path == "only":
+        return resid_query.expand_as(final)
+    return final
 
 
 def derangement(n: int, seed: int = 0) -> Tensor:
@@ -141,13 +163,14 @@ class Engine:
         return (h[..., -1:, :] if last else h) + self.out(layer, z), z
 
     def forward(self, resid: Float[Tensor, "n pos d_model"], edit_z: EditZ | None = None,
-                edit_pattern: EditPattern | None = None) -> tuple[Float[Tensor, "*sets n d_model"], list[Z]]:
+                edit_pattern: EditPattern | None = None,
+                direct_path: str = "keep") -> tuple[Float[Tensor, "*sets n d_model"], list[Z]]:
         """Final-LayerNorm output at the query (the unembedding's input) and every layer's `hook_z`."""
         h, zs = resid, []
         for layer in range(self.n_layers):
             h, z = self.block(layer, h, edit_z, edit_pattern)
             zs.append(z)
-        return self.norm(self.ln_final, h[..., -1, :]), zs
+        return self.norm(self.ln_final, with_direct_path(h[..., -1, :], resid[:, -1], direct_path)), zs
 
     def logits(self, hidden: Float[Tensor, "*sets n d_model"]) -> Float[Tensor, "*sets n labels"]:
         return hidden @ self.W_U + self.b_U

@@ -1,15 +1,17 @@
-"""Attention clamping (the paper's skip-trigram copier test) and weight grafting between checkpoints.
+"""Attention clamping: the paper's skip-trigram copier test.
 
-Clamping: in one head's query row (`hook_pattern`, which the bridge applies before the value matmul) put
-attention s on the label(s) equal to the evaluator's target and 1 - s on the other label(s), zero elsewhere;
-the other heads of that layer are mean-ablated so that the head alone carries the answer. Layer 0 stays
-clean by default: it only shapes the values the head reads (pass `ablate=` to change that). On `ciwl` a pure
-copier then scores accuracy rising with the margin 2s - 1 (chance at s = 0.5). `rows` sweeps s in
-{0, 0.1, ..., 1} for the last layer's most skip-trigram-like head (largest clean A[q, true label] -
-A[q, other label] on the ciwl batch): one head keeps it to one batched pass per checkpoint.
+A clamp puts, in one head's query row (`hook_pattern`, applied before the value matmul), attention s on the
+label(s) equal to the evaluator's target and 1 - s on the other label(s), zero elsewhere. On `ciwl` a head that
+copies the label it attends to then scores accuracy rising with s (chance at s = 0.5).
 
-Grafting: a copy of a recipient model with some parameter groups taken from a donor (e.g. layer 0 of an
-ICL checkpoint into a CIWL one), to ask which weights carry a strategy.
+Two protocols:
+  paper  (`copier_sweep`, the paper's code): the clamped last-layer head alone reaches the unembedding. The
+         query's embedding path, every layer-0 head's output and the other last-layer heads are removed from
+         the unembedding's input (zeroed), while the head's values stay those of the clean run. This asks
+         whether the head's OV circuit copies labels, without any help from memorisation in the direct path.
+  layer  (`clamp_sweep`): the rest of the head's layer is ablated (mean by default), everything else clean;
+         with a direct path that memorises, the model can answer without the head at all.
+`rows` runs the paper protocol for every last-layer head, s in {0, 0.1, ..., 1}, on `ciwl`.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from ..model import CoopModel
 from ..task import Batch
 from .ablation import Engine, Head, check_head, check_mode, masked_edit, replacement
 
+PROTOCOLS = ("paper", "layer")
+
 S_VALUES = tuple(i / 10 for i in range(11))
 
 
@@ -34,11 +38,68 @@ def clamp_row(batch: Batch, s: Float[Tensor, " s"]) -> Float[Tensor, "s n pos"]:
     if not (correct.any(1) & (1 - correct).any(1)).all():
         raise ConfigError(f"clamping needs the target and another label in every context; "
                           f"the {batch.evaluator!r} batch does not have them (use ciwl)")
+    correct = correct.to(s.device)
     share = s[:, None, None] * correct / correct.sum(1, keepdim=True)
     share = share + (1 - s[:, None, None]) * (1 - correct) / (1 - correct).sum(1, keepdim=True)
-    row = torch.zeros(len(s), len(batch), batch.exemplars.shape[1] + batch.labels.shape[1])
-    row[..., batch.label_positions()] = share
+    row = torch.zeros(len(s), len(batch), batch.exemplars.shape[1] + batch.labels.shape[1], device=s.device)
+    row[..., batch.label_positions().to(s.device)] = share
     return row
+
+
+def _check_last_layer(model: CoopModel, head: Head) -> Head:
+    layer, h = check_head(head, model.cfg)
+    if layer != model.cfg.n_layers - 1:
+        raise ConfigError(f"the copier test clamps a last-layer head (layer {model.cfg.n_layers - 1}), "
+                          f"got {layer}.{h}")
+    return layer, h
+
+
+@torch.no_grad()
+def copier_sweep(model: CoopModel, batch: Batch, head: Head,
+                 s: Sequence[float] = S_VALUES) -> tuple[Float[Tensor, " s"], Float[Tensor, " s"]]:
+    """The paper's copier test: accuracy and loss with only `head`'s clamped output reaching the unembedding.
+
+    Its values come from the clean run; its output at the query (plus the layer's output bias) is all that
+    enters the final LayerNorm. All values of s in one pass.
+    """
+    layer, h = _check_last_layer(model, head)
+    engine = Engine(model)
+    stream = model.residual(batch)
+    for at in range(layer):
+        stream, _ = engine.block(at, stream)
+    v = engine.project(layer, "v", engine.norm(engine.ln1[layer], stream))[:, :, h]  # n pos d_head
+    row = clamp_row(batch, torch.tensor(list(s), dtype=stream.dtype, device=stream.device))
+    z = torch.einsum("snt,ntd->snd", row, v)
+    out = z @ engine.W["o"][layer, h] + engine.b["o"][layer]
+    return engine.score(engine.norm(engine.ln_final, out), batch)
+
+
+@torch.no_grad()
+def copier_hooked(model: CoopModel, batch: Batch, head: Head, s: float) -> Float[Tensor, "n labels"]:
+    """Reference: one TL forward that clamps `head`'s row, zeroes the other heads of its layer and feeds the
+    final LayerNorm that layer's attention output alone (no embedding path, no earlier layer)."""
+    layer, h = _check_last_layer(model, head)
+    row = clamp_row(batch, torch.tensor([s]))[0]
+    store: dict[str, Tensor] = {}
+
+    def clamp(pattern: Tensor, hook) -> Tensor:
+        pattern[:, h, -1] = row
+        return pattern
+
+    def zero_others(z: Tensor, hook) -> Tensor:
+        keep = torch.zeros(z.shape[2], dtype=torch.bool)
+        keep[h] = True
+        return torch.where(keep[:, None], z, torch.zeros_like(z))
+
+    def record(x: Tensor, hook) -> None:
+        store["attn_out"] = x.clone()
+
+    def only_head(x: Tensor, hook) -> Tensor:
+        return store["attn_out"]
+
+    return model.run_with_hooks(batch, fwd_hooks=[
+        (f"blocks.{layer}.attn.hook_pattern", clamp), (f"blocks.{layer}.attn.hook_z", zero_others),
+        (f"blocks.{layer}.hook_attn_out", record), ("ln_final.hook_in", only_head)])
 
 
 def _others(model: CoopModel, head: Head, ablate: Sequence[Head] | None) -> list[Head]:
@@ -60,7 +121,7 @@ def clamp_sweep(model: CoopModel, batch: Batch, head: Head, s: Sequence[float] =
     masks = torch.zeros(1, model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
     for other in _others(model, head, ablate):
         masks[(0, *check_head(other, model.cfg))] = True
-    row = clamp_row(batch, torch.tensor(list(s), dtype=resid.dtype))
+    row = clamp_row(batch, torch.tensor(list(s), dtype=resid.dtype, device=resid.device))
 
     def edit_pattern(at: int, pattern: Tensor) -> Tensor:
         if at != layer:
@@ -118,48 +179,12 @@ def skip_trigram_head(model: CoopModel, batch: Batch) -> int:
 
 
 def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
-    """CIWL accuracy and loss vs the clamp s for the most skip-trigram-like last-layer head."""
+    """CIWL accuracy and loss vs the clamp s for every last-layer head (the paper's protocol)."""
     batch, layer = batches["ciwl"], model.cfg.n_layers - 1
-    head = skip_trigram_head(model, batch)
-    acc, ce = clamp_sweep(model, batch, (layer, head))
     out = []
-    for s, a, c in zip(S_VALUES, acc.tolist(), ce.tolist()):
-        base = {"evaluator": "ciwl", "layer": layer, "head": head, "component": f"s={s:.2f}"}
-        out += [{**base, "metric": "acc", "value": a}, {**base, "metric": "loss", "value": c}]
-    return out
-
-
-def param_groups(model: CoopModel) -> dict[str, list[str]]:
-    """Graftable parameter groups -> their names in `CoopModel.weights()`."""
-    names = list(model.weights())
-    groups = {f"layer{layer}": [k for k in names if k.startswith(f"blocks.{layer}.")]
-              for layer in range(model.cfg.n_layers)}
-    prefixes = {"label_embedding": "embed.", "unembed": "unembed.", "exemplar_embed": "exemplar_embed.",
-                "pos": "pos_embed.", "ln_final": "ln_final."}
-    return groups | {group: [k for k in names if k.startswith(p)] for group, p in prefixes.items()}
-
-
-def graft(recipient: CoopModel, donor: CoopModel, groups: Sequence[str]) -> CoopModel:
-    """A copy of `recipient` (eval mode) with the parameter `groups` taken from `donor`."""
-    valid = param_groups(recipient)
-    unknown = [g for g in groups if g not in valid]
-    if unknown or not groups:
-        raise ConfigError(f"unknown parameter group {', '.join(map(repr, unknown)) or '(none given)'}; "
-                          f"choose from {', '.join(valid)}")
-    weights, donated = recipient.weights(), donor.weights()
-    for name in (n for g in groups for n in valid[g]):
-        weights[name] = donated[name]
-    model = CoopModel(recipient.task, recipient.cfg)
-    model.load_weights(weights, source="grafted weights")
-    return model.to(recipient.W_U.device).eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def evaluate(model: CoopModel, batches: dict[str, Batch]) -> dict[str, tuple[float, float]]:
-    """Evaluator -> (acc, loss) of a model, e.g. a grafted one."""
-    engine = Engine(model)
-    out = {}
-    for ev, batch in batches.items():
-        acc, ce = engine.score(engine.forward(model.residual(batch))[0], batch)
-        out[ev] = (acc.item(), ce.item())
+    for head in range(model.cfg.n_heads):
+        acc, ce = copier_sweep(model, batch, (layer, head))
+        for s, a, c in zip(S_VALUES, acc.tolist(), ce.tolist()):
+            base = {"evaluator": "ciwl", "layer": layer, "head": head, "component": f"s={s:.2f}"}
+            out += [{**base, "metric": "acc", "value": a}, {**base, "metric": "loss", "value": c}]
     return out

@@ -6,7 +6,10 @@ q, k and/or v input; layer 1's LayerNorm is recomputed on that patched stream, a
 inputs, the other heads, the direct path to the unembedding) stays clean. With receivers in the last layer
 their outputs add into the stream, so one pass per sender group gives every receiver group at once: a
 receiver group's logits are the clean ones plus its heads' change. `direct=True` also patches the sender ->
-unembedding path, so patching all receivers' q, k and v with it equals ablating the senders.
+unembedding path, so patching all receivers' q, k and v with it equals ablating the senders. `direct_path`
+keeps, cuts or isolates the query embedding's own path to the unembedding (see `ablation`).
+
+The paper's K/V/Q check (`qkv_check`) zeroes every layer-0 head's output in layer 1's K, V or Q input only.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..model import CoopModel
 from ..task import Batch
-from .ablation import Engine, replacement
+from .ablation import Engine, check_direct_path, replacement, with_direct_path
 
 COMPONENTS = ("q", "k", "v")
 Mode = str | Batch  # "mean" | "zero" | "resample", or a counterfactual batch
@@ -65,11 +68,12 @@ def sender_values(model: CoopModel, engine: Engine, batch: Batch, z0: Float[Tens
 @torch.no_grad()
 def patched_hidden(model: CoopModel, batch: Batch, senders: Sequence[Sequence[int]],
                    receivers: Sequence[Sequence[int]], components: Sequence[str] = COMPONENTS, mode: Mode = "mean",
-                   direct: bool = False, seed: int = 0,
-                   engine: Engine | None = None) -> Float[Tensor, "component sender receiver n d_model"]:
+                   direct: bool = False, seed: int = 0, engine: Engine | None = None,
+                   direct_path: str = "keep") -> Float[Tensor, "component sender receiver n d_model"]:
     """The unembedding's input at the query for every (component, sender group, receiver group)."""
     check_model(model)
     components = check_components(components)
+    check_direct_path(direct_path)
     engine = engine or Engine(model)
     H = model.cfg.n_heads
     send, recv = group_mask(senders, H, "sender"), group_mask(receivers, H, "receiver")
@@ -84,6 +88,7 @@ def patched_hidden(model: CoopModel, batch: Batch, senders: Sequence[Sequence[in
     patched = {c: engine.project(1, c, xp[..., -1:, :] if c == "q" else xp) for c in set("".join(components))}
     out_clean = engine.result(1, engine.attend(clean["q"], clean["k"], clean["v"], 1))[:, 0]
     final = h1[:, -1] + out_clean.sum(-2) + engine.b["o"][1]
+    final = with_direct_path(final, resid[:, -1], direct_path)
     final = final + delta[:, :, -1] if direct else final.expand(len(senders), *final.shape)
 
     hidden = []
@@ -96,26 +101,27 @@ def patched_hidden(model: CoopModel, batch: Batch, senders: Sequence[Sequence[in
 
 def path_patch(model: CoopModel, batch: Batch, senders: Sequence[Sequence[int]], receivers: Sequence[Sequence[int]],
                components: Sequence[str] = COMPONENTS, mode: Mode = "mean", direct: bool = False,
-               seed: int = 0) -> tuple[Scores, Scores]:
+               seed: int = 0, direct_path: str = "keep") -> tuple[Scores, Scores]:
     """Accuracy and loss for every (component, sender group, receiver group), in one batched pass."""
     engine = Engine(model)
     with torch.no_grad():
-        return engine.score(patched_hidden(model, batch, senders, receivers, components, mode, direct, seed, engine),
-                            batch)
+        hidden = patched_hidden(model, batch, senders, receivers, components, mode, direct, seed, engine, direct_path)
+        return engine.score(hidden, batch)
 
 
-def qkv_check(model: CoopModel, batch: Batch, mode: Mode = "mean") -> dict[str, float]:
-    """The paper's check: all layer-0 heads ablated for layer 1's K, V or Q input only (accuracy of each).
+def qkv_check(model: CoopModel, batch: Batch, mode: Mode = "zero", direct_path: str = "keep") -> dict[str, float]:
+    """The paper's check: all layer-0 heads ablated (zeroed, as in the paper) for layer 1's K, V or Q input only.
 
-    `ablated` ablates them everywhere (their direct path included); `clean` is the model untouched.
+    Returns the accuracy of each, of `qkv` (all three inputs), of `ablated` (layer 0 ablated everywhere, its own
+    path to the unembedding included) and of `clean` (no ablation), all with the same `direct_path`.
     """
     every = [list(range(model.cfg.n_heads))]
-    acc, _ = path_patch(model, batch, every, every, [*COMPONENTS, "qkv"], mode)
-    (ablated,), _ = path_patch(model, batch, every, every, ["qkv"], mode, direct=True)
+    acc, _ = path_patch(model, batch, every, every, [*COMPONENTS, "qkv"], mode, direct_path=direct_path)
+    (ablated,), _ = path_patch(model, batch, every, every, ["qkv"], mode, direct=True, direct_path=direct_path)
     engine = Engine(model)
     with torch.no_grad():
-        clean, _ = engine.score(engine.forward(model.residual(batch))[0], batch)
-    return {"clean": clean.item(), **{c: a.item() for c, a in zip(COMPONENTS, acc[:3, 0, 0])},
+        clean, _ = engine.score(engine.forward(model.residual(batch), direct_path=direct_path)[0], batch)
+    return {"clean": clean.item(), **{c: a.item() for c, a in zip([*COMPONENTS, "qkv"], acc[:, 0, 0])},
             "ablated": ablated.item()}
 
 
@@ -161,10 +167,12 @@ def sender_inputs_hooked(model: CoopModel, batch: Batch, senders: Sequence[int],
 
 @torch.no_grad()
 def receive_hooked(model: CoopModel, batch: Batch, receivers: Sequence[int], component: str,
-                   inputs: dict[str, Float[Tensor, "n pos head d_head"]]) -> Float[Tensor, "n labels"]:
-    """Reference: one clean TL forward whose receivers take their `component` input(s) from `inputs`."""
+                   inputs: dict[str, Float[Tensor, "n pos head d_head"]], extra_hooks=()) -> Float[Tensor, "n labels"]:
+    """Reference: one clean TL forward whose receivers take their `component` input(s) from `inputs`
+    (`extra_hooks`, e.g. a direct-path cut, run beside them)."""
     def put(x: Tensor, hook, c: str) -> Tensor:
         x[:, :, list(receivers)] = inputs[c][:, :, list(receivers)]
         return x
 
-    return model.run_with_hooks(batch, fwd_hooks=[(f"blocks.1.attn.hook_{c}", partial(put, c=c)) for c in component])
+    hooks = [(f"blocks.1.attn.hook_{c}", partial(put, c=c)) for c in component]
+    return model.run_with_hooks(batch, fwd_hooks=hooks + list(extra_hooks))
