@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +16,13 @@ INTERVENTIONS = REPO / "checkpoints" / "interventions"
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from coopinterp.errors import CoopError  # noqa: E402
+from coopinterp.phases import accuracy_curves  # noqa: E402
 from coopinterp.plots import write_html, write_pngs  # noqa: E402
 from coopinterp.tables import read_table  # noqa: E402
+
+SMOOTH = 5  # evaluations in the centred rolling mean of every behaviour curve (each evaluation: 1,024 sequences)
+CIWL_STATE_FLIP = 0.1  # the CIWL state: `flip` accuracy (in-context answer) at most this
+N = 512  # sequences per evaluator batch in the checkpoint analyses
 
 
 def parse(doc: str, argv: list[str] | None, run: Path = DEMO) -> argparse.Namespace:
@@ -30,6 +36,36 @@ def parse(doc: str, argv: list[str] | None, run: Path = DEMO) -> argparse.Namesp
 def metrics(run_dir: Path) -> pd.DataFrame:
     """A run's logged evaluator metrics (works for runs shipped without checkpoints)."""
     return read_table(run_dir / "metrics.parquet")
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """Checkpoints picked by rules from a run's behaviour curves (smoothed over SMOOTH evaluations).
+
+    icl_peak    the checkpoint nearest the step where ICL accuracy peaks;
+    ciwl_state  the first checkpoint after the ICL peak whose `flip` accuracy is <= CIWL_STATE_FLIP (the model
+                answers the memorised label, not the in-context one); the final checkpoint if none is;
+    final       the last checkpoint.
+    """
+
+    icl_peak: int
+    ciwl_state: int
+    ciwl_state_reached: bool
+    final: int
+
+    def describe(self) -> str:
+        state = "" if self.ciwl_state_reached else f" (flip never <= {CIWL_STATE_FLIP}: final checkpoint)"
+        return f"ICL-peak checkpoint {self.icl_peak}, CIWL-state checkpoint {self.ciwl_state}{state}"
+
+
+def choose(run_dir: Path, steps: list[int]) -> Chosen:
+    curves = accuracy_curves(metrics(run_dir), smooth=SMOOTH)
+    peak = int(curves.icl.idxmax())
+    flip_at = lambda step: float(curves.flip.loc[:step].iloc[-1])  # noqa: E731  (last evaluation at or before)
+    after = [s for s in steps if s >= peak]
+    state = next((s for s in after if flip_at(s) <= CIWL_STATE_FLIP), None)
+    return Chosen(icl_peak=min(steps, key=lambda s: abs(s - peak)), ciwl_state=state or steps[-1],
+                  ciwl_state_reached=state is not None, final=steps[-1])
 
 
 def verdict(ok: bool, claim: str, numbers: str) -> str:

@@ -1,4 +1,6 @@
-"""Run every analyses/ script and print a summary of their PASS/FAIL lines (`--fast` for a quick pass)."""
+"""Run every analyses/ script and print a summary of their PASS/FAIL lines (`--fast` for a quick pass).
+
+Exits 1 when any finding FAILs (or errors), 0 when all PASS."""
 from __future__ import annotations
 
 import importlib
@@ -8,8 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SCRIPTS = ("transience", "layer0_switch", "layer1_conserved", "kv_composition", "minimal_model", "persistent_icl",
-           "forgetting")
+SCRIPTS = ("strategy_order", "transience", "layer0_switch", "layer1_conserved", "copier", "kv_composition",
+           "minimal_model", "persistent_icl", "forgetting")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nsummary")
     for name, line, seconds in lines:
         print(f"  {name:18s} {line.split()[0]}  ({seconds:.1f} s)")
-    return 0
+    return 0 if all(line.startswith("PASS ") for _, line, _ in lines) else 1
 
 
 if __name__ == "__main__":

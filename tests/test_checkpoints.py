@@ -73,6 +73,18 @@ def test_corrupt_run_json(run_copy):
         ci.load_run(run_copy)
 
 
+def test_format_1_runs_load_as_label_forgetting(run_copy):
+    """Runs written before forget_target existed forgot the label embedding; they load meaning just that."""
+    meta = json.loads((run_copy / "run.json").read_text())
+    del meta["config"]["train"]["forget_target"]
+    meta["config"]["train"].update(forgetting="active", forget_every=10)
+    (run_copy / "run.json").write_text(json.dumps({**meta, "format_version": 1}))
+    assert ci.load_run(run_copy).config.train.forget_target == "label"
+    (run_copy / "run.json").write_text(json.dumps({**meta, "format_version": 3}))
+    with pytest.raises(ci.CheckpointError, match="format_version 3; this coopinterp reads 1, 2"):
+        ci.load_run(run_copy)
+
+
 def test_config_round_trip_and_validation(tmp_path):
     cfg = ci.preset("demo")
     assert ci.RunConfig.from_dict(json.loads(cfg.to_json())) == cfg
@@ -82,5 +94,9 @@ def test_config_round_trip_and_validation(tmp_path):
         ci.RunConfig.from_dict({"train": {"lr": "fast"}})
     with pytest.raises(ci.ConfigError, match="n_classes .* must be a multiple of n_labels"):
         ci.RunConfig.from_dict({"task": {"n_classes": 100, "n_labels": 7}})
+    with pytest.raises(ci.ConfigError, match="family_size must be >= 1 and divide n_classes"):
+        ci.RunConfig.from_dict({"task": {"n_classes": 100, "family_size": 8}})
+    with pytest.raises(ci.ConfigError, match="forget_target must be one of"):
+        ci.RunConfig.from_dict({"train": {"forget_target": "unembed"}})
     with pytest.raises(ci.ConfigError, match="unknown preset"):
         ci.preset("huge")

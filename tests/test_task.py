@@ -28,6 +28,21 @@ def test_bank_scale_and_determinism():
     assert torch.equal(bank, exemplar_bank(ci.TaskConfig(n_classes=200, dim=64, eps=0.5)))
 
 
+def test_families_share_a_direction_and_leave_the_plain_bank_unchanged():
+    plain = ci.TaskConfig(n_classes=400, dim=64, eps=0.5)
+    g = torch.Generator().manual_seed(0)
+    prototypes, noise = torch.randn(400, 1, 64, generator=g), torch.randn(400, 20, 64, generator=g)
+    torch.testing.assert_close(exemplar_bank(plain), (prototypes + 0.5 * noise) / math.sqrt(1.25))
+    fam = ci.TaskConfig(n_classes=400, dim=64, eps=0.0, family_size=8, family_delta=0.15)
+    means = torch.nn.functional.normalize(exemplar_bank(fam)[:, 0], dim=-1)
+    cos = means @ means.T
+    same = torch.arange(400)[:, None] // 8 == torch.arange(400)[None] // 8
+    off_diagonal = same & ~torch.eye(400, dtype=torch.bool)
+    assert abs(cos[off_diagonal].mean().item() - 1 / (1 + 0.15**2)) < 0.02  # shared family direction
+    assert cos[~same].abs().mean().item() < 0.15  # unrelated families: ~1/sqrt(64)
+    assert abs(exemplar_bank(fam).std().item() - 1.0) < 0.05
+
+
 @pytest.mark.parametrize("ev", ci.EVALUATORS)
 def test_batch_shapes_and_determinism(ev):
     b = batch(ev)

@@ -76,15 +76,19 @@ def test_resume_refuses_a_different_config(tmp_path, tiny_config):
     assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
 
 
-def test_forgetting_resets_label_embedding(tmp_path, tiny_config):
+@pytest.mark.parametrize("target", ["exemplar", "label"])
+def test_forgetting_resets_the_chosen_embedding(tmp_path, tiny_config, target):
     cfg = tiny_config.replace(train={"steps": 30, "eval_every": 10, "n_checkpoints": 3, "forgetting": "temporary",
-                                     "forget_every": 10, "forget_until": 25})
+                                     "forget_every": 10, "forget_until": 25, "forget_target": target})
     run = ci.train(cfg, tmp_path / "f", progress=False, device="cpu")
     fresh = ci.CoopModel(cfg.task, cfg.model, seed=0)
-    fresh.reset_label_embedding(torch.Generator().manual_seed(0 * 1_000_003 + 20))
-    # forgetting at step 20 re-draws the label embedding; after it, training moves it by only 10 steps
-    w = run.model(run.steps[-1]).weights()["embed.weight"]
-    assert (w - fresh.label_embedding).abs().max() < 10 * cfg.train.lr * 1.5
+    fresh.reset_embedding(target, torch.Generator().manual_seed(0 * 1_000_003 + 20))
+    # forgetting at step 20 re-draws the embedding; after it, training moves it by only 10 steps
+    trained, drawn = run.model(run.steps[-1]).weights(), fresh.weights()
+    for name in ("exemplar_embed.weight", "embed.weight"):
+        moved = (trained[name] - drawn[name]).abs().max()
+        forgotten = name.startswith("exemplar") == (target == "exemplar")
+        assert (moved < 10 * cfg.train.lr * 1.5) == forgotten, name
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
