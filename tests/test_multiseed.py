@@ -132,3 +132,25 @@ def test_cli_train_seeds(tmp_path):
     assert r.exit_code == 2 and "give --seed or --seeds" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = cli("--seeds", "4-2", "--out", str(tmp_path / "t"))
     assert r.exit_code == 2 and "bad seed list '4-2'" in r.stderr
+
+
+def test_stacked_forward_equals_the_bridge_in_logits_and_gradients(tiny_config):
+    """On models whose every weight is random (LayerNorm and biases included), per seed."""
+    from test_model import bridge_and_fast, randomised
+
+    models = [randomised(tiny_config.task, tiny_config.model, s) for s in (1, 2)]
+    ptr = {p.data_ptr() for p in models[0].parameters() if p.requires_grad}
+    trainable = [k for k, v in models[0].weights().items() if v.data_ptr() in ptr]
+    w = {k: torch.stack([m.weights()[k] for m in models]).requires_grad_(k in trainable) for k in models[0].weights()}
+    batch = ci.make_batch(tiny_config.task, "train", 64, seed=7)
+    emb = w["embed.weight"][torch.arange(2)[:, None, None], batch.labels[None]]
+    logits = stacked_logits(w, tiny_config.model.n_heads, models[0].bridge.ln_final.original_component.eps,
+                            batch.exemplars[None].expand(2, *batch.exemplars.shape), emb)
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.target.repeat(2), reduction="sum").backward()
+    assert len(trainable) >= 12
+    for j, m in enumerate(models):
+        (lb, gb), _ = bridge_and_fast(m, batch)
+        torch.testing.assert_close(logits[j].detach(), lb, atol=1e-4, rtol=1e-5)
+        assert gb.keys() == set(trainable)
+        for k in trainable:  # the bridge's loss is a mean over 64 sequences, the stacked one a sum
+            torch.testing.assert_close(w[k].grad[j] / 64, gb[k], atol=1e-5, rtol=1e-4, msg=k)
