@@ -158,15 +158,14 @@ class RunConfig:
     def from_json(cls, path: str | Path) -> "RunConfig":
         return cls.from_dict(read_json(path, "config"))
 
-    def replace(self, **sections: dict[str, Any]) -> "RunConfig":
+    def replace(self, name: str | None = None, **sections: dict[str, Any]) -> "RunConfig":
         """Copy with some fields of `task`, `model`, `train` changed, e.g. replace(train={"lr": 1e-3})."""
         d = self.to_dict()
-        for name, changes in sections.items():
-            if name == "name":
-                d["name"] = changes
-            else:
-                _check(name in ("task", "model", "train"), f"unknown config section {name!r}")
-                d[name] = {**d[name], **changes}
+        if name is not None:
+            d["name"] = name
+        for section, changes in sections.items():
+            _check(section in ("task", "model", "train"), f"unknown config section {section!r}")
+            d[section] = {**d[section], **changes}
         return RunConfig.from_dict(d)
 
 

@@ -1,7 +1,19 @@
+import importlib
+import pkgutil
+
+import jaxtyping
 import pytest
 import torch
 
-import coopinterp as ci
+# Shape annotations are checked at run time in the whole suite: jaxtyping's import hook wraps every annotated
+# coopinterp function in beartype, so a tensor of the wrong shape or dtype fails the test that passes it. Every
+# module is imported here, inside the hook, since the package imports some of them lazily.
+with jaxtyping.install_import_hook("coopinterp", "beartype.beartype"):
+    import coopinterp as ci
+
+    for module in pkgutil.walk_packages(ci.__path__, "coopinterp."):
+        if not module.name.endswith("__main__"):  # that one runs the CLI
+            importlib.import_module(module.name)
 
 torch.set_num_threads(1)
 

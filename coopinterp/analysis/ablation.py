@@ -36,8 +36,11 @@ from ..task import Batch
 Head = tuple[int, int]  # (layer, head), 0-indexed
 MODES = ("zero", "mean", "resample")
 DIRECT_PATHS = ("keep", "cut", "only")
-Z = Float[Tensor, "*sets n pos head d_head"]
-Pattern = Float[Tensor, "*sets n head q_pos k_pos"]
+# Leading `...` dims are intervention sets; they broadcast between tensors (a clean k beside patched qs), so they
+# are not tied across arguments.
+Z = Float[Tensor, "... n pos head d_head"]
+Pattern = Float[Tensor, "... n head q_pos k_pos"]
+Zs = list[Float[Tensor, "... n _pos head d_head"]]  # one Z per layer; the last layer's holds the query row only
 EditZ = Callable[[int, Z], Z]
 EditPattern = Callable[[int, Pattern], Pattern]
 ROW_BLOCK = 1 << 19  # logits per unembedding block in `Engine.score` (2 MB: stays in cache)
@@ -74,8 +77,8 @@ def check_direct_path(direct_path: str) -> str:
     return direct_path
 
 
-def with_direct_path(final: Float[Tensor, "*sets n d_model"], resid_query: Float[Tensor, "n d_model"],
-                     direct_path: str) -> Float[Tensor, "*sets n d_model"]:
+def with_direct_path(final: Float[Tensor, "... n d_model"], resid_query: Float[Tensor, "n d_model"],
+                     direct_path: str) -> Float[Tensor, "... n d_model"]:
     """The final stream at the query with the direct path kept, cut or kept alone (module docstring)."""
     if check_direct_path(direct_path) == "cut":
         return final - resid_query
@@ -127,11 +130,13 @@ class Engine:
     def norm(ln: torch.nn.LayerNorm, x: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_model"]:
         return F.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, ln.eps)
 
-    def project(self, layer: int, c: str, x: Float[Tensor, "*sets n pos d_model"]) -> Z:
+    def project(self, layer: int, c: str, x: Float[Tensor, "... n pos d_model"]) -> Z:
         """The `hook_{c}` value (c in q, k, v) of every head from the normalised stream."""
         return F.linear(x, self.W_in[c][layer], self.b_in[c][layer]).unflatten(-1, (self.n_heads, -1))
 
-    def attend(self, q: Z, k: Z, v: Z, layer: int, edit_pattern: EditPattern | None = None) -> Z:
+    def attend(self, q: Float[Tensor, "... n q_pos head d_head"], k: Float[Tensor, "... n k_pos head d_head"],
+               v: Float[Tensor, "... n k_pos head d_head"], layer: int,
+               edit_pattern: EditPattern | None = None) -> Float[Tensor, "... n q_pos head d_head"]:
         """Softmax attention of every head (causal unless q is the query row alone); returns `hook_z`."""
         q, k, v = (t.transpose(-2, -3) for t in (q, k, v))  # head before pos
         scores = q @ k.transpose(-1, -2) * self.scale
@@ -144,15 +149,16 @@ class Engine:
             pattern = edit_pattern(layer, pattern)
         return (pattern @ v).transpose(-2, -3)
 
-    def result(self, layer: int, z: Z) -> Float[Tensor, "*sets n pos head d_model"]:
+    def result(self, layer: int, z: Z) -> Float[Tensor, "... n pos head d_model"]:
         """Each head's write into the residual stream (`hook_result`), without the output bias."""
         return torch.einsum("...the,hed->...thd", z, self.W["o"][layer])
 
-    def out(self, layer: int, z: Z) -> Float[Tensor, "*sets n pos d_model"]:
+    def out(self, layer: int, z: Z) -> Float[Tensor, "... n pos d_model"]:
         return F.linear(z.flatten(-2), self.W_out[layer], self.b["o"][layer])
 
-    def block(self, layer: int, h: Float[Tensor, "*sets n pos d_model"], edit_z: EditZ | None = None,
-              edit_pattern: EditPattern | None = None) -> tuple[Float[Tensor, "*sets n pos d_model"], Z]:
+    def block(self, layer: int, h: Float[Tensor, "... n pos d_model"], edit_z: EditZ | None = None,
+              edit_pattern: EditPattern | None = None) -> tuple[Float[Tensor, "... n out_pos d_model"],
+                                                                Float[Tensor, "... n out_pos head d_head"]]:
         """One attention block; returns the stream after it (the query row alone after the last) and `hook_z`."""
         last = layer == self.n_layers - 1
         x = self.norm(self.ln1[layer], h)
@@ -164,7 +170,7 @@ class Engine:
 
     def forward(self, resid: Float[Tensor, "n pos d_model"], edit_z: EditZ | None = None,
                 edit_pattern: EditPattern | None = None,
-                direct_path: str = "keep") -> tuple[Float[Tensor, "*sets n d_model"], list[Z]]:
+                direct_path: str = "keep") -> tuple[Float[Tensor, "... n d_model"], Zs]:
         """Final-LayerNorm output at the query (the unembedding's input) and every layer's `hook_z`."""
         h, zs = resid, []
         for layer in range(self.n_layers):
@@ -172,7 +178,7 @@ class Engine:
             zs.append(z)
         return self.norm(self.ln_final, with_direct_path(h[..., -1, :], resid[:, -1], direct_path)), zs
 
-    def logits(self, hidden: Float[Tensor, "*sets n d_model"]) -> Float[Tensor, "*sets n labels"]:
+    def logits(self, hidden: Float[Tensor, "... n d_model"]) -> Float[Tensor, "... n labels"]:
         return hidden @ self.W_U + self.b_U
 
     def score(self, hidden: Float[Tensor, "*sets n d_model"], batch: Batch) -> tuple[Float[Tensor, "*sets"],
@@ -210,7 +216,7 @@ def head_masks(head_sets: Sequence[Sequence[Head]], cfg: ModelConfig) -> Bool[Te
     return masks
 
 
-def masked_edit(masks: Bool[Tensor, "sets layer head"], values: list[Z]) -> EditZ:
+def masked_edit(masks: Bool[Tensor, "sets layer head"], values: Zs) -> EditZ:
     """An `edit_z` that gives set s, at layer l, `values[l]` for the heads in masks[s, l], the clean z elsewhere."""
     def edit(layer: int, z: Z) -> Z:
         m = masks[:, layer].to(z.device)
@@ -262,7 +268,7 @@ def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
     return out
 
 
-def hooked_replacements(model: CoopModel, batch: Batch, mode: str, seed: int = 0) -> list[Z]:
+def hooked_replacements(model: CoopModel, batch: Batch, mode: str, seed: int = 0) -> Zs:
     """Reference: each layer's `hook_z` replacement, from a TL cache of the clean run."""
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
@@ -272,7 +278,7 @@ def hooked_replacements(model: CoopModel, batch: Batch, mode: str, seed: int = 0
 
 @torch.no_grad()
 def ablate_hooked(model: CoopModel, batch: Batch, heads: Sequence[Head],
-                  values: list[Z]) -> Float[Tensor, "n labels"]:
+                  values: Zs) -> Float[Tensor, "n labels"]:
     """Reference: one TL forward with `hook_z` hooks writing `values` (from `hooked_replacements`) into `heads`."""
     def write(z: Tensor, hook, layer: int) -> Tensor:
         picked = [h for at, h in heads if at == layer]
