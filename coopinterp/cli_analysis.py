@@ -30,6 +30,7 @@ def analyze_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Table path, .parquet or .csv "
                                        "(default: RUN/analysis/table.parquet)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    recompute: bool = typer.Option(False, "--recompute", help="Ignore cached tables and compute everything again."),
 ) -> None:
     """Compute the tidy per-step metric table (cached per step and analysis under RUN/analysis/)."""
     from .analysis import analyze
@@ -40,7 +41,7 @@ def analyze_cmd(
     names = [a.strip() for a in analyses.split(",") if a.strip()] if analyses is not None else None
     t0 = time.perf_counter()
     df = analyze(run, names, steps=_ints(steps, "--steps") if steps is not None else None, n=n, seed=seed,
-                 progress=progress)
+                 progress=progress, recompute=recompute)
     out = out or run.path / "analysis" / "table.parquet"
     try:
         write_table(df, out)

@@ -253,34 +253,43 @@ def test_stale_or_corrupt_cache_is_recomputed(run_copy, monkeypatch):
     calls = _counting(monkeypatch)
     other_n = ci.analyze(run_copy, ["behavior"], steps=[step], n=48, progress=False)
     assert len(calls) == 1 and not other_n.value.equals(first.value)
-    monkeypatch.setattr(an, "__version__", "999")
+    monkeypatch.setattr(an, "code_version", lambda module: "edited")  # the analysis's code changed
     ci.analyze(run_copy, ["behavior"], steps=[step], n=32, progress=False)
     assert len(calls) == 2
+    ci.analyze(run_copy, ["behavior"], steps=[step], n=32, progress=False, recompute=True)
+    assert len(calls) == 3
     path = an._Cache(run_copy, 32, 0).path(step, "behavior")
     path.write_bytes(b"not parquet")
     again = ci.analyze(run_copy, ["behavior"], steps=[step], n=32, progress=False)
-    assert len(calls) == 3
+    assert len(calls) == 4
     pd.testing.assert_frame_equal(again, first)
 
 
-def test_analyze_without_writable_run_warns_once(run_copy, monkeypatch):
-    def refuse(df, path):
-        raise PermissionError(13, "Permission denied", str(path))
-    monkeypatch.setattr(an, "write_table", refuse)
-    with pytest.warns(UserWarning, match="without caching") as record:
-        df = ci.analyze(run_copy, ["behavior", "composition"], n=32, progress=False)
-    assert len(record) == 1 and df.step.nunique() == len(run_copy.steps)
-    assert not (run_copy.path / "analysis").exists()
+def test_code_version_follows_code_not_docs(tmp_path, monkeypatch):
+    """The hash covers the analysis module and what it imports, transitively; docstrings and comments do not count."""
+    root = tmp_path / "coopinterp"
+    (root / "analysis").mkdir(parents=True)
+    (root / "analysis" / "__init__.py").write_text("")
+    (root / "analysis" / "mine.py").write_text('"""Doc."""\nfrom ..helper import f\n\ndef rows():\n    return f()\n')
+    helper = root / "helper.py"
+    monkeypatch.setattr(an, "_PACKAGE_ROOT", root)
+
+    def version(helper_source: str) -> str:
+        helper.write_text(helper_source)
+        an.code_version.cache_clear()
+        return an.code_version("coopinterp.analysis.mine")
+
+    base = version("def f():\n    return 1\n")
+    assert version('def f():\n    """Now documented."""\n    return 1  # and commented\n') == base
+    assert version("def f():\n    return 2\n") != base
+    an.code_version.cache_clear()
 
 
-def test_analyze_errors(run_copy, monkeypatch):
-    with pytest.raises(ci.CoopError, match="unknown analysis 'nope'; choose from behavior, attention"):
-        ci.analyze(run_copy, ["behavior", "nope"], progress=False)
-    with pytest.raises(ci.CheckpointError, match="no checkpoint at step 7"):
-        ci.analyze(run_copy, steps=[7], progress=False)
-    monkeypatch.setitem(an.ANALYSES, "missing", "coopinterp.analysis.no_such_module")
-    with pytest.raises(ci.CoopError, match="analysis 'missing' is not available"):
-        ci.analyze(run_copy, ["missing"], progress=False)
+def test_every_analysis_has_its_own_code_version_covering_the_engine():
+    versions = {name: an.code_version(module) for name, module in an.ANALYSES.items()}
+    assert len(set(versions.values())) == len(versions)
+    patching = an.ast.parse(an._source("coopinterp.analysis.patching").read_text())
+    assert "coopinterp.analysis.ablation" in an._imports(patching, "coopinterp.analysis")  # the batched engine
 
 
 # --- CLI -------------------------------------------------------------------------------------------------
@@ -294,6 +303,12 @@ def test_cli_analyze_writes_table(run_copy, tmp_path):
     df = read_table(out)
     assert set(df.analysis) == {"behavior", "attention"} and df.step.nunique() == 2
     assert "acc train" in r.output
+    cached = an._Cache(run_copy, 32, 0).path(run_copy.steps[-1], "behavior")
+    before = cached.stat().st_mtime_ns
+    r = CliRunner().invoke(app, ["analyze", str(run_copy.path), "--analyses", "behavior", "--steps", steps, "--n", "32",
+                                 "--out", str(out), "--no-progress", "--recompute"])
+    assert r.exit_code == 0, r.output
+    assert cached.stat().st_mtime_ns > before
 
 
 @pytest.mark.parametrize("args, message", [

@@ -7,14 +7,20 @@ checkpoint the analyses share one hooked forward per batch (`clean_run`: query l
 pattern), and all of analyze() runs under torch.no_grad().
 
 Cache: RUN/analysis/{analysis}/step_{step:09d}.n{n}.seed{seed}.parquet, the table of one (step, analysis).
-Its key (analysis, n, seed, coopinterp version, a hash of the run config and of the checkpoint file) rides in
-the parquet's pandas attrs (pandas >= 2.1 stores them); a file whose key differs, or that cannot be read, is
-recomputed and replaced. A run directory that cannot be written is analysed without a cache (one warning).
+Its key rides in the parquet's pandas attrs (pandas >= 2.1 stores them): the analysis, n, seed, a hash of the
+run config, of the checkpoint file, and of the code that computes the analysis (`code_version`: the analysis
+module and every coopinterp module it imports, transitively, as syntax trees without docstrings, so an edit to
+the code invalidates the cache while an edit to a comment or docstring does not). A file whose key differs, or
+that cannot be read, is recomputed and replaced; `recompute=True` ignores every cached file. A run directory that
+cannot be written is analysed without a cache (one warning).
 """
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import importlib
+import importlib.util
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +32,6 @@ from jaxtyping import Float
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
-from .. import __version__
 from ..checkpoints import Run, checkpoint_path
 from ..config import TaskConfig
 from ..errors import ConfigError, CoopError
@@ -113,6 +118,61 @@ def _module(name: str):
         raise CoopError(f"analysis {name!r} is not available: module {ANALYSES[name]} is missing") from None
 
 
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _source(module: str) -> Path | None:
+    """The file of a coopinterp module (`coopinterp.a.b` -> a/b.py or a/b/__init__.py), None if there is none."""
+    parts = module.split(".")
+    if parts[0] != "coopinterp":
+        return None
+    base = _PACKAGE_ROOT.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(tree: ast.Module, package: str) -> set[str]:
+    """The coopinterp modules a module of `package` imports (`from .x import y` included)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
+                else node.module or ""
+            found |= {base} | {f"{base}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {name for name in found if _source(name)}
+
+
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body \
+                and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) \
+                and isinstance(node.body[0].value.value, str):
+            node.body = node.body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.lru_cache(maxsize=None)
+def code_version(module: str) -> str:
+    """A hash of the code behind `module`: its syntax tree and those of the coopinterp modules it imports,
+    transitively, docstrings left out (comments never reach the tree)."""
+    seen, todo, digest = set(), [module], hashlib.sha256()
+    while todo:
+        name = todo.pop()
+        path = _source(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        tree = ast.parse(path.read_text())
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        todo += sorted(_imports(tree, package))
+        digest.update(name.encode() + ast.dump(_without_docstrings(tree)).encode())
+    return digest.hexdigest()[:16]
+
+
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -129,7 +189,7 @@ class _Cache:
         return self.run.path / "analysis" / analysis / f"step_{step:09d}.n{self.n}.seed{self.seed}.parquet"
 
     def step_key(self, step: int) -> dict[str, str]:
-        return {"n": str(self.n), "seed": str(self.seed), "version": __version__, "config": self.config_hash,
+        return {"n": str(self.n), "seed": str(self.seed), "config": self.config_hash,
                 "checkpoint": _file_hash(checkpoint_path(self.run.path, step))}
 
     def get(self, step: int, analysis: str, key: dict[str, str]) -> pd.DataFrame | None:
@@ -165,10 +225,10 @@ def _compute(run: Run, step: int, analysis: str, batches: dict[str, Batch]) -> p
 
 
 def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequence[int] | None = None,
-            n: int = 512, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+            n: int = 512, seed: int = 0, progress: bool = True, recompute: bool = False) -> pd.DataFrame:
     """Run `analyses` (default: all in ANALYSES) at `steps` (default: every checkpoint): one tidy frame.
 
-    Cached (step, analysis) tables are reused; only new steps or analyses are computed.
+    Cached (step, analysis) tables whose key matches are reused (module docstring); `recompute` ignores them.
     """
     names = _names(analyses)
     steps = list(run.steps) if steps is None else list(dict.fromkeys(run.check_step(int(s)) for s in steps))
@@ -184,8 +244,8 @@ def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequen
             step_key = cache.step_key(step)
             with shared_forwards():  # one checkpoint's clean forwards, shared by its analyses
                 for analysis in names:
-                    key = {"analysis": analysis, **step_key}
-                    df = cache.get(step, analysis, key)
+                    key = {"analysis": analysis, "code": code_version(ANALYSES[analysis]), **step_key}
+                    df = None if recompute else cache.get(step, analysis, key)
                     if df is None:
                         batches = batches or eval_batches(run.config.task, n, seed, run.device)
                         df = _compute(run, step, analysis, batches)
@@ -196,4 +256,4 @@ def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequen
     return out
 
 
-__all__ = ["ANALYSES", "CleanRun", "analyze", "clean_run", "eval_batches", "shared_forwards"]
+__all__ = ["ANALYSES", "CleanRun", "analyze", "clean_run", "code_version", "eval_batches", "shared_forwards"]
