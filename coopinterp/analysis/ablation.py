@@ -115,13 +115,16 @@ class Engine:
     def __init__(self, model: CoopModel):
         b = model.bridge
         self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
-        self.W = {c: getattr(b, f"W_{c.upper()}").detach() for c in "qkvo"}
-        self.b = {c: getattr(b, f"b_{c.upper()}").detach() for c in "qkvo"}
-        # nn.Linear layouts ([layer, out, in], heads side by side): one fused F.linear per projection.
-        self.W_in = {c: self.W[c].permute(0, 1, 3, 2).flatten(1, 2).contiguous() for c in "qkv"}
-        self.b_in = {c: self.b[c].flatten(1) for c in "qkv"}
-        self.W_out = self.W["o"].flatten(1, 2).transpose(1, 2).contiguous()
-        self.W_U, self.b_U = b.W_U.detach(), b.b_U.detach()
+        # The bridge's own nn.Linear weights ([out, in], heads side by side: one fused F.linear per projection),
+        # read directly rather than through TL's W_Q... views, which refuse tensors without values (meta).
+        linear = {c: [getattr(blk.attn, c).original_component for blk in b.blocks] for c in "qkvo"}
+        stack = lambda c, name: torch.stack([getattr(lin, name) for lin in linear[c]]).detach()  # noqa: E731
+        self.W_in = {c: stack(c, "weight") for c in "qkv"}  # [layer, head*d_head, d_model]
+        self.b_in = {c: stack(c, "bias") for c in "qkv"}
+        self.W_out, self.b_out = stack("o", "weight"), stack("o", "bias")  # [layer, d_model, head*d_head]
+        self.W_O = self.W_out.transpose(1, 2).unflatten(1, (self.n_heads, -1))  # TL's [layer, head, d_head, d_model]
+        unembed = b.unembed.original_component
+        self.W_U, self.b_U = unembed.weight.detach().T, unembed.bias.detach()  # TL's [d_model, labels]
         self.ln1 = [blk.ln1.original_component for blk in b.blocks]
         self.ln_final = b.ln_final.original_component
         self.scale = model.cfg.d_head ** -0.5
@@ -151,10 +154,10 @@ class Engine:
 
     def result(self, layer: int, z: Z) -> Float[Tensor, "... n pos head d_model"]:
         """Each head's write into the residual stream (`hook_result`), without the output bias."""
-        return torch.einsum("...the,hed->...thd", z, self.W["o"][layer])
+        return torch.einsum("...the,hed->...thd", z, self.W_O[layer])
 
     def out(self, layer: int, z: Z) -> Float[Tensor, "... n pos d_model"]:
-        return F.linear(z.flatten(-2), self.W_out[layer], self.b["o"][layer])
+        return F.linear(z.flatten(-2), self.W_out[layer], self.b_out[layer])
 
     def block(self, layer: int, h: Float[Tensor, "... n pos d_model"], edit_z: EditZ | None = None,
               edit_pattern: EditPattern | None = None) -> tuple[Float[Tensor, "... n out_pos d_model"],

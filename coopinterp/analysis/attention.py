@@ -36,8 +36,8 @@ def query_contrast(patterns: Patterns, batch: Batch, chosen: Bool[Tensor, "n pai
         m = mask.to(patterns.dtype)[None, :, None, :]
         return (at_query * m).sum(-1) / m.sum(-1).clamp(min=1)
 
-    keep = chosen.any(1) & (~chosen).any(1)
-    return (side(chosen) - side(~chosen))[:, keep].mean(1)
+    keep = (chosen.any(1) & (~chosen).any(1)).to(patterns.dtype)[None, :, None]  # sequences with both sides
+    return ((side(chosen) - side(~chosen)) * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
 def same_class_pairs(batch: Batch) -> Bool[Tensor, "n pairs"]:

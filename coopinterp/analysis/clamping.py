@@ -70,7 +70,7 @@ def copier_sweep(model: CoopModel, batch: Batch, head: Head,
     v = engine.project(layer, "v", engine.norm(engine.ln1[layer], stream))[:, :, h]  # n pos d_head
     row = clamp_row(batch, torch.tensor(list(s), dtype=stream.dtype, device=stream.device))
     z = torch.einsum("snt,ntd->snd", row, v)
-    out = z @ engine.W["o"][layer, h] + engine.b["o"][layer]
+    out = z @ engine.W_O[layer, h] + engine.b_out[layer]
     return engine.score(engine.norm(engine.ln_final, out), batch)
 
 

@@ -44,8 +44,9 @@ def check_components(components: Sequence[str]) -> list[str]:
     return list(components)
 
 
-def group_mask(groups: Sequence[Sequence[int]], n_heads: int, role: str) -> Float[Tensor, "groups head"]:
-    mask = torch.zeros(len(groups), n_heads)
+def group_mask(groups: Sequence[Sequence[int]], n_heads: int, role: str,
+               device: torch.device | str = "cpu") -> Float[Tensor, "groups head"]:
+    mask = torch.zeros(len(groups), n_heads, device=device)
     for i, heads in enumerate(groups):
         for h in heads:
             if not 0 <= h < n_heads:
@@ -76,9 +77,8 @@ def patched_hidden(model: CoopModel, batch: Batch, senders: Sequence[Sequence[in
     check_direct_path(direct_path)
     engine = engine or Engine(model)
     H = model.cfg.n_heads
-    send, recv = group_mask(senders, H, "sender"), group_mask(receivers, H, "receiver")
-
     resid = model.residual(batch)
+    send, recv = (group_mask(g, H, role, resid.device) for g, role in ((senders, "sender"), (receivers, "receiver")))
     h1, z0 = engine.block(0, resid)
     change = engine.result(0, sender_values(model, engine, batch, z0, mode, seed) - z0)  # per sender head
     delta = torch.einsum("gh,nthd->gntd", send, change)  # each sender group's change to layer 1's input
@@ -87,7 +87,7 @@ def patched_hidden(model: CoopModel, batch: Batch, senders: Sequence[Sequence[in
     clean = {"q": engine.project(1, "q", x[:, -1:]), "k": engine.project(1, "k", x), "v": engine.project(1, "v", x)}
     patched = {c: engine.project(1, c, xp[..., -1:, :] if c == "q" else xp) for c in set("".join(components))}
     out_clean = engine.result(1, engine.attend(clean["q"], clean["k"], clean["v"], 1))[:, 0]
-    final = h1[:, -1] + out_clean.sum(-2) + engine.b["o"][1]
+    final = h1[:, -1] + out_clean.sum(-2) + engine.b_out[1]
     final = with_direct_path(final, resid[:, -1], direct_path)
     final = final + delta[:, :, -1] if direct else final.expand(len(senders), *final.shape)
 
