@@ -13,7 +13,8 @@ from common import N, choose, parse, save, verdict
 
 import coopinterp as ci
 from coopinterp.analysis import eval_batches
-from coopinterp.analysis.grafting import evaluate, graft_in, graft_out
+from coopinterp.analysis.grafting import graft_in, graft_out
+from coopinterp.train import evaluate
 from coopinterp.plots import layer1_figure
 
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> str:
     formed, at_state, at_final = (float(ind.loc[s, head]) for s in (at.icl_peak, at.ciwl_state, at.final))
     early, late = run.model(at.icl_peak), run.model(at.final)
     batches = eval_batches(run.config.task, 4 * N, seed=1)
-    icl = {name: evaluate(m, batches)["icl"][0] for name, m in
+    icl = {name: evaluate(m, batches)["icl"]["acc"] for name, m in
            (("early", early), ("late", late), ("out", graft_out(early, late)), ("in", graft_in(early, late)))}
     save(layer1_figure(table), args.out, "layer1_conserved")
     ok = icl["out"] >= icl["early"] - 0.1 and formed >= 0.3 and at_state < 0

@@ -61,7 +61,7 @@ def stack_step(config, device: str, n_seeds: int, compiled: bool):
     stack = SeedStack(config, list(range(n_seeds)), device)
     if compiled:
         stack.forward = torch.compile(stacked_logits)
-    return lambda: stack.train_step(*stack.sample())
+    return stack.train_step
 
 
 def main() -> None:

@@ -20,10 +20,12 @@ from dash import Input, Output, dcc, html
 from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
+from transformer_lens.utilities import get_act_name
 
 from . import plots
 from .analysis import eval_batches
-from .analysis.ablation import Engine, Head, ablated_hidden, check_mode, replacement
+from .analysis.ablation import ablated_hidden
+from .analysis.engine import Engine, Head, check_mode, replacement
 from .checkpoints import Run
 from .errors import CheckpointError, ConfigError
 from .task import EVALUATORS, Batch
@@ -103,8 +105,8 @@ class Explorer:
             z[:, :, picked] = values[layer][:, :, picked]
             return z
 
-        names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(self.cfg.n_layers)]
-        hooks = [(f"blocks.{layer}.attn.hook_z", partial(put, layer=layer)) for layer in sorted({l for l, _ in early})]
+        names = [get_act_name("pattern", layer) for layer in range(self.cfg.n_layers)]
+        hooks = [(get_act_name("z", layer), partial(put, layer=layer)) for layer in sorted({l for l, _ in early})]
         with model.bridge.hooks(fwd_hooks=hooks):
             _, cache = model.run_with_cache(_rows(self.batches["train"], self.example), names_filter=names)
         return torch.stack([cache[name][0] for name in names])

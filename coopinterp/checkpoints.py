@@ -17,13 +17,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .config import RunConfig
-from .errors import CheckpointError, ConfigError
+from .config import FORMAT_VERSION, READABLE_FORMATS, RunConfig, upgrade
+from .errors import CheckpointError, ConfigError, CoopError
 from .model import CoopModel
 from .tables import atomic_path, read_table
 
-FORMAT_VERSION = 2  # 2 added train.forget_target; format-1 runs forgot the label embedding
-READABLE_FORMATS = (1, 2)
 CHECKPOINT_RE = re.compile(r"^step_(\d{9})\.safetensors$")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
@@ -49,19 +47,11 @@ def read_run_config(run_dir: Path) -> RunConfig:
         if version not in READABLE_FORMATS:
             raise CheckpointError(f"{path} has format_version {version!r}; this coopinterp reads "
                                   f"{', '.join(map(str, READABLE_FORMATS))}")
-        config = RunConfig.from_dict(_upgrade(meta["config"], version))
+        config = RunConfig.from_dict(upgrade(meta["config"], version))
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is corrupt: {type(e).__name__}: {e}") from None
     except ConfigError as e:
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
-    return config
-
-
-def _upgrade(config: dict, version: int) -> dict:
-    """A config as this version reads it: format-1 runs that forgot did so on the label embedding."""
-    if version == 1:
-        train = config.get("train", {})
-        config = {**config, "train": {"forget_target": "label", **train}}
     return config
 
 
@@ -162,3 +152,82 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     if not steps:
         raise CheckpointError(f"run {run_dir} has no checkpoints under checkpoints/")
     return Run(run_dir, config, steps, device=device)
+
+
+class ResumeState:
+    """RUN/state/last.safetensors: weights, Adam state and data RNG of the newest step (no pickle)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "state" / "last.safetensors"
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self, step: int, model: CoopModel, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
+        tensors = {f"model.{k}": v.float().cpu() for k, v in model.weights().items()}
+        for i, p in enumerate(opt.param_groups[0]["params"]):
+            for key, value in opt.state.get(p, {}).items():
+                tensors[f"opt.{i}.{key}"] = value.detach().cpu().reshape(value.shape)
+        tensors["rng"] = gen.get_state().cpu()
+        save_tensors(self.path, tensors, {"step": str(step)})
+
+    def load(self, model: CoopModel, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
+        tensors, meta = load_tensors(self.path)
+        model.load_weights({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source=str(self.path))
+        for i, p in enumerate(opt.param_groups[0]["params"]):
+            state = {k.split(".", 2)[2]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
+            if state:
+                opt.state[p] = state
+        gen.set_state(tensors["rng"])
+        return int(meta["step"])
+
+    def step(self) -> int:
+        """The saved step (0 when there is no state), read from the file's metadata only."""
+        if not self.path.exists():
+            return 0
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                return int((f.metadata() or {})["step"])
+        except Exception as e:  # any damage: one line naming the file
+            first = (str(e).splitlines() or [""])[0]
+            raise CheckpointError(f"resume state {self.path} is corrupt ({type(e).__name__}: {first})") from None
+
+
+def prepare_run_dir(config: RunConfig, out: Path) -> None:
+    """Make `out` a run directory for `config`, or check that the run there can go on under it.
+
+    A run goes on only under the same config, except `train.steps`, which may grow (the run is extended; its
+    checkpoint schedule is the one of the new length from the saved step on). Never overwrites a shipped run
+    (checkpoints or metrics but no resume state) nor a directory that holds something else.
+    """
+    if out.exists() and not out.is_dir():
+        raise CoopError(f"--out {out} exists and is not a directory")
+    if (out / "run.json").exists():
+        existing = read_run_config(out)
+        saved = ResumeState(out).step()
+        if existing.replace(train={"steps": config.train.steps}).to_dict() != config.to_dict():
+            diff = _first_difference(existing.to_dict(), config.to_dict())
+            raise CoopError(f"{out} holds a run with a different config ({diff}); resume it with the same config "
+                            "or choose another output directory")
+        if config.train.steps < saved:
+            raise CoopError(f"{out} is already trained to step {saved}; --steps {config.train.steps} would shorten "
+                            "it: use a number of steps >= the saved one")
+        if not ResumeState(out).exists() and (list_checkpoints(out) or (out / "metrics.parquet").exists()):
+            raise CoopError(f"{out} holds a run without resume state (state/last.safetensors), e.g. a shipped run; "
+                            "training there would overwrite it: choose another output directory")
+    elif out.is_dir() and any(out.iterdir()):
+        raise CoopError(f"{out} is not empty and holds no coopinterp run; choose another output directory")
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_json(out, config)
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = _first_difference(va, vb, f"{prefix}{key}.")
+            if found:
+                return found
+        elif va != vb:
+            return f"{prefix}{key}: saved {va!r}, given {vb!r}"
+    return ""

@@ -156,7 +156,14 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunConfig":
-        return cls.from_dict(read_json(path, "config"))
+        """A bare RunConfig JSON, or a run's own run.json (its `config`, read as its format version says)."""
+        d = read_json(path, "config")
+        if isinstance(d, dict) and "config" in d and "format_version" in d:
+            _check(d["format_version"] in READABLE_FORMATS,
+                   f"{path} has format_version {d['format_version']!r}; this coopinterp reads "
+                   f"{', '.join(map(str, READABLE_FORMATS))}")
+            d = upgrade(d["config"], d["format_version"])
+        return cls.from_dict(d)
 
     def replace(self, name: str | None = None, **sections: dict[str, Any]) -> "RunConfig":
         """Copy with some fields of `task`, `model`, `train` changed, e.g. replace(train={"lr": 1e-3})."""
@@ -167,6 +174,17 @@ class RunConfig:
             _check(section in ("task", "model", "train"), f"unknown config section {section!r}")
             d[section] = {**d[section], **changes}
         return RunConfig.from_dict(d)
+
+
+FORMAT_VERSION = 2  # of run.json; 2 added train.forget_target (format-1 runs forgot the label embedding)
+READABLE_FORMATS = (1, 2)
+
+
+def upgrade(config: dict[str, Any], version: int) -> dict[str, Any]:
+    """A run.json config of an older format as this version reads it."""
+    if version == 1 and isinstance(config, dict):
+        config = {**config, "train": {"forget_target": "label", **config.get("train", {})}}
+    return config
 
 
 def read_json(path: str | Path, what: str) -> Any:

@@ -19,17 +19,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from safetensors import safe_open
 from torch import Tensor
 
-from .checkpoints import Run, load_run, save_checkpoint
+from .checkpoints import ResumeState, Run, load_run, prepare_run_dir, save_checkpoint
 from .config import RunConfig
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .model import CoopModel
-from .tables import concat, read_table, table, write_table
 from .task import Batch, accuracy, loss, sample_train
-from .train import (TrainingInterrupted, _forget_now, _metric_rows, _prepare_dir, _State, checkpoint_schedule,
-                    eval_batches, forget_generator, progress_bar, resolve_device)
+from .train import Results, forget_generator, resolve_device, run_loop
 
 EVAL_FLOATS = 2**25  # evaluate seeds in chunks whose logits stay under ~128 MB
 
@@ -92,7 +89,7 @@ def stacked_logits(w: dict[str, Tensor], n_heads: int, eps: float, exemplars: Fl
 class SeedStack:
     """S models of one config as stacked tensors keyed by checkpoint names, one Adam over them, and one
     template CoopModel through which each seed's checkpoints and resume state are written in the
-    single-seed format."""
+    single-seed format. A `train.Learner`."""
 
     def __init__(self, config: RunConfig, seeds: list[int], device: str):
         self.config, self.seeds, self.device = config, seeds, device
@@ -133,12 +130,12 @@ class SeedStack:
                 st = self.opt.state[stacked]
                 self.shell_opt.state[p] = {"step": st["step"], "exp_avg": st["exp_avg"][j],
                                            "exp_avg_sq": st["exp_avg_sq"][j]}
-        _State(run_dir).save(step, self.shell, self.shell_opt, self.gens[j])
+        ResumeState(run_dir).save(step, self.shell, self.shell_opt, self.gens[j])
 
     @torch.no_grad()
     def load_state(self, j: int, run_dir: Path) -> int:
         self.shell_opt.state.clear()
-        step = _State(run_dir).load(self.shell, self.shell_opt, self.gens[j])
+        step = ResumeState(run_dir).load(self.shell, self.shell_opt, self.gens[j])
         for k, v in self.shell.weights().items():
             self.w[k][j].copy_(v)
         for p, stacked in zip(self.shell_opt.param_groups[0]["params"], self.opt.param_groups[0]["params"]):
@@ -153,7 +150,7 @@ class SeedStack:
 
     @torch.no_grad()
     def forget(self, step: int) -> None:
-        """train._forget for every seed: re-draw each seed's forgotten embedding, zero its Adam state."""
+        """train.SingleSeed.forget for every seed: re-draw each seed's forgotten embedding, zero its Adam state."""
         target = self.config.train.forget_target
         names = ["exemplar_embed.weight", "exemplar_embed.bias"] if target == "exemplar" else ["embed.weight"]
         for j, s in enumerate(self.seeds):
@@ -170,8 +167,12 @@ class SeedStack:
         batches = [sample_train(self.config.task, self.config.train.batch_size, g) for g in self.gens]
         return tuple(torch.stack([getattr(b, f) for b in batches]) for f in ("exemplars", "labels", "target"))
 
-    def train_step(self, exemplars: Float[Tensor, "S n pairs_plus_1 dim"], labels: Int[Tensor, "S n pairs"],
-                   target: Int[Tensor, "S n"]) -> None:
+    def train_step(self) -> None:
+        """One Adam step of every seed on its own training batch."""
+        self.step_on(*self.sample())
+
+    def step_on(self, exemplars: Float[Tensor, "S n pairs_plus_1 dim"], labels: Int[Tensor, "S n pairs"],
+                target: Int[Tensor, "S n"]) -> None:
         """One Adam step of every seed on the sum of the per-seed mean losses."""
         emb = self.w["embed.weight"]
         d = emb.shape[-1]
@@ -190,7 +191,7 @@ class SeedStack:
         emb.grad.view(-1, d).index_fill_(0, rows, 0)
 
     @torch.no_grad()
-    def evaluate(self, batches: dict[str, Batch]) -> list[dict[str, dict[str, float]]]:
+    def evaluate(self, batches: dict[str, Batch]) -> list[Results]:
         """train.evaluate for every seed, with one host sync at the end."""
         out: dict[str, dict[str, list[Tensor]]] = {name: {"acc": [], "loss": []} for name in batches}
         for name, batch in batches.items():
@@ -207,68 +208,6 @@ class SeedStack:
         return [{name: {m: v[j] for m, v in ms.items()} for name, ms in values.items()} for j in range(len(self))]
 
 
-def _saved_step(run_dir: Path) -> int:
-    path = _State(run_dir).path
-    if not path.exists():
-        return 0
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return int((f.metadata() or {})["step"])
-    except Exception as e:  # any damage: one line naming the file
-        first = (str(e).splitlines() or [""])[0]
-        raise CheckpointError(f"resume state {path} is corrupt ({type(e).__name__}: {first})") from None
-
-
-def _train_group(config: RunConfig, seeds: list[int], out: Path, start: int, progress: bool, device: str) -> None:
-    """Train seeds that all resume from `start` together, like train.train does for one."""
-    t = config.train
-    stack = SeedStack(config, seeds, device)
-    dirs = [seed_dir(out, s) for s in seeds]
-    if start:
-        for j, d in enumerate(dirs):
-            stack.load_state(j, d)
-    metrics = []
-    for d in dirs:
-        path = d / "metrics.parquet"
-        m = read_table(path) if start and path.exists() else table([])
-        metrics.append(m[m.step < start])
-    schedule = set(checkpoint_schedule(t.steps, t.n_checkpoints))
-    batches = eval_batches(config, device)
-    bar = progress_bar(progress)
-    step = start
-    with bar:
-        task_id = bar.add_task(f"train {config.name} x{len(seeds)} seeds", total=t.steps, completed=start, stats="")
-        try:
-            while True:
-                if step in schedule:
-                    for j, d in enumerate(dirs):
-                        stack.save_checkpoint(j, d, step)
-                if step % t.eval_every == 0 or step == t.steps:
-                    results = stack.evaluate(batches)
-                    for j, d in enumerate(dirs):
-                        metrics[j] = concat([metrics[j], _metric_rows(config.name, step, step * t.batch_size,
-                                                                      results[j])])
-                        write_table(metrics[j], d / "metrics.parquet")
-                        stack.save_state(j, d, step)
-                    mean = {ev: sum(r[ev]["acc"] for r in results) / len(results) for ev in ("icl", "ciwl", "flip")}
-                    bar.update(task_id, completed=step, stats="mean over seeds: " + "  ".join(
-                        f"{ev} {v:.2f}" for ev, v in mean.items()))
-                if step == t.steps:
-                    break
-                if _forget_now(config, step):
-                    stack.forget(step)
-                stack.train_step(*stack.sample())
-                step += 1
-                if step % 100 == 0:
-                    bar.update(task_id, completed=step)
-        except KeyboardInterrupt:
-            for j, d in enumerate(dirs):
-                write_table(metrics[j][metrics[j].step <= step], d / "metrics.parquet")
-                stack.save_state(j, d, step)
-            raise TrainingInterrupted(f"interrupted at step {step}; state of seeds {seeds} saved under {out}, "
-                                      "run the same command again to resume") from None
-
-
 def train_seeds(config: RunConfig, seeds: list[int], out_dir: str | Path, progress: bool = True,
                 device: str | None = None) -> list[Run]:
     """Train (or resume) one run per seed into OUT/seed_{s}/, all seeds at once; returns their Runs.
@@ -282,10 +221,11 @@ def train_seeds(config: RunConfig, seeds: list[int], out_dir: str | Path, progre
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
-    configs = {s: config.replace(train={"seed": s}) for s in seeds}
     for s in seeds:
-        _prepare_dir(configs[s], seed_dir(out, s))
-    starts = {s: _saved_step(seed_dir(out, s)) for s in seeds}
+        prepare_run_dir(config.replace(train={"seed": s}), seed_dir(out, s))
+    starts = {s: ResumeState(seed_dir(out, s)).step() for s in seeds}
     for start in sorted(set(starts.values())):
-        _train_group(config, [s for s in seeds if starts[s] == start], out, start, progress, device)
+        group = [s for s in seeds if starts[s] == start]
+        run_loop(SeedStack(config, group, device), config, [seed_dir(out, s) for s in group], start, progress,
+                 f"train {config.name} x{len(group)} seeds")
     return [load_run(seed_dir(out, s)) for s in seeds]

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoints import load_run, read_run_config
+from .checkpoints import ResumeState, load_run, read_run_config
 from .config import RunConfig, preset, read_json
 from .errors import CheckpointError, ConfigError, CoopError
-from .multiseed import _saved_step
 
 SPEC_KEYS = ("base", "grid", "set")
 
@@ -96,7 +95,7 @@ def expand(spec: dict[str, Any]) -> list[tuple[str, RunConfig]]:
 def is_finished(run_dir: Path, config: RunConfig) -> bool:
     """True when `run_dir` holds this exact config trained to its last step."""
     try:
-        return read_run_config(run_dir).to_dict() == config.to_dict() and _saved_step(run_dir) == config.train.steps
+        return read_run_config(run_dir).to_dict() == config.to_dict() and ResumeState(run_dir).step() == config.train.steps
     except CheckpointError:
         return False
 

@@ -1,12 +1,18 @@
-"""Training loop: Adam on the query loss, checkpoint schedule, evaluator logging, interventions, resume.
+"""Training: one loop for one seed or many, Adam on the query loss, checkpoint schedule, evaluator logging,
+forgetting interventions, resume and extension.
 
-Resume is exact: the newest state (float32 weights, Adam moments, the data stream's RNG) is saved at
-every evaluation, on Ctrl-C and at the end, and the forgetting re-inits draw from a generator seeded by
-(seed, step), so an interrupted CPU run continues bit-identically.
+The loop (`run_loop`) drives a `Learner`: one seed here (`SingleSeed`), many at once in multiseed.py
+(`SeedStack`). Resume is exact: the newest state (float32 weights, Adam moments, the data stream's RNG) is saved
+at every evaluation, on Ctrl-C and at the end, and the forgetting re-inits draw from a generator seeded by
+(seed, step), so an interrupted CPU run continues bit-identically, and a finished run extended to more steps
+ends with the weights of a run trained to that length straight away.
 """
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -14,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .checkpoints import (Run, list_checkpoints, load_run, load_tensors, read_run_config, save_checkpoint, save_tensors,
-                          write_run_json)
+from .checkpoints import ResumeState, Run, load_run, prepare_run_dir, save_checkpoint
 from .config import RunConfig
 from .errors import CoopError
 from .model import CoopModel
@@ -23,6 +28,7 @@ from .tables import concat, read_table, table, write_table
 from .task import EVALUATORS, Batch, accuracy, loss, make_batch, sample_train
 
 EVAL_SEED = 10_000
+LOG_EVERY_S = 30.0  # without a terminal, a progress line at most this often
 
 
 class TrainingInterrupted(CoopError):
@@ -61,8 +67,11 @@ def eval_batches(config: RunConfig, device: str) -> dict[str, Batch]:
     return batches
 
 
+Results = dict[str, dict[str, float]]  # evaluator -> {"acc": ..., "loss": ...}
+
+
 @torch.no_grad()
-def evaluate(model: CoopModel, batches: dict[str, Batch]) -> dict[str, dict[str, float]]:
+def evaluate(model: CoopModel, batches: dict[str, Batch]) -> Results:
     out = {}
     for name, batch in batches.items():
         logits = model.fast_logits(batch.exemplars, batch.labels)
@@ -70,75 +79,13 @@ def evaluate(model: CoopModel, batches: dict[str, Batch]) -> dict[str, dict[str,
     return out
 
 
-def _metric_rows(run_name: str, step: int, seqs: int, results: dict[str, dict[str, float]]) -> pd.DataFrame:
+def metric_rows(run_name: str, step: int, seqs: int, results: Results) -> pd.DataFrame:
     return table({"run": run_name, "step": step, "seqs_seen": seqs, "analysis": "behavior", "metric": metric,
                   "evaluator": ev, "value": value}
                  for ev, vals in results.items() for metric, value in vals.items())
 
 
-class _State:
-    """Weights, Adam state and data RNG of the newest step, as one safetensors file (no pickle)."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / "state" / "last.safetensors"
-
-    def save(self, step: int, model: CoopModel, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
-        tensors = {f"model.{k}": v.float().cpu() for k, v in model.weights().items()}
-        for i, p in enumerate(opt.param_groups[0]["params"]):
-            for key, value in opt.state.get(p, {}).items():
-                tensors[f"opt.{i}.{key}"] = value.detach().cpu().reshape(value.shape)
-        tensors["rng"] = gen.get_state().cpu()
-        save_tensors(self.path, tensors, {"step": str(step)})
-
-    def load(self, model: CoopModel, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
-        tensors, meta = load_tensors(self.path)
-        model.load_weights({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source=str(self.path))
-        params = opt.param_groups[0]["params"]
-        for i, p in enumerate(params):
-            state = {k.split(".", 2)[2]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
-            if state:
-                opt.state[p] = state
-        gen.set_state(tensors["rng"])
-        return int(meta["step"])
-
-
-def _prepare_dir(config: RunConfig, out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise CoopError(f"--out {out} exists and is not a directory")
-    if (out / "run.json").exists():
-        existing = read_run_config(out)
-        if existing.to_dict() != config.to_dict():
-            diff = _first_difference(existing.to_dict(), config.to_dict())
-            raise CoopError(f"{out} holds a run with a different config ({diff}); resume it with the same config "
-                            "or choose another output directory")
-        if not _State(out).path.exists() and (list_checkpoints(out) or (out / "metrics.parquet").exists()):
-            raise CoopError(f"{out} holds a run without resume state (state/last.safetensors), e.g. a shipped run; "
-                            "training there would overwrite it: choose another output directory")
-    elif out.is_dir() and any(out.iterdir()):
-        raise CoopError(f"{out} is not empty and holds no coopinterp run; choose another output directory")
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_json(out, config)
-
-
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            found = _first_difference(va, vb, f"{prefix}{key}.")
-            if found:
-                return found
-        elif va != vb:
-            return f"{prefix}{key}: saved {va!r}, given {vb!r}"
-    return ""
-
-
-def progress_bar(enabled: bool) -> Progress:
-    """The training progress bar: steps, time left, and the last evaluation's loss and accuracies."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), disable=not enabled)
-
-
-def _forget_now(config: RunConfig, step: int) -> bool:
+def forget_now(config: RunConfig, step: int) -> bool:
     t = config.train
     if t.forgetting == "none" or step == 0 or step % t.forget_every:
         return False
@@ -150,66 +97,152 @@ def forget_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def _forget(model: CoopModel, opt: torch.optim.Optimizer, target: str, seed: int, step: int) -> None:
-    """Re-initialise the exemplar or label embedding and its Adam state (Anand et al.'s forgetting)."""
-    model.reset_embedding(target, forget_generator(seed, step))
-    for param in model.forget_parameters(target):
-        for value in opt.state.get(param, {}).values():
-            value.zero_()
+@runtime_checkable
+class Learner(Protocol):
+    """What the loop needs of the models it trains: seed j of len(self) writes the run directory dirs[j]."""
+
+    device: str
+
+    def __len__(self) -> int: ...
+    def load_state(self, j: int, run_dir: Path) -> int: ...
+    def save_state(self, j: int, run_dir: Path, step: int) -> None: ...
+    def save_checkpoint(self, j: int, run_dir: Path, step: int) -> None: ...
+    def evaluate(self, batches: dict[str, Batch]) -> list[Results]: ...
+    def forget(self, step: int) -> None: ...
+    def train_step(self) -> None: ...
 
 
-def train(config: RunConfig, out_dir: str | Path, progress: bool = True, device: str | None = None) -> Run:
-    """Train (or resume) a run into `out_dir`; returns the loaded Run."""
-    config.validate()
-    device = resolve_device(device)
-    out = Path(out_dir)
-    _prepare_dir(config, out)
+class SingleSeed:
+    """One model, its Adam and its data stream (the seed of `config.train`)."""
+
+    def __init__(self, config: RunConfig, device: str):
+        t = config.train
+        self.config, self.device = config, device
+        self.model = CoopModel(config.task, config.model, seed=t.seed).to(device)
+        self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=t.lr, fused=True)
+        self.gen = torch.Generator(device=device).manual_seed(t.seed)
+
+    def __len__(self) -> int:
+        return 1
+
+    def load_state(self, j: int, run_dir: Path) -> int:
+        return ResumeState(run_dir).load(self.model, self.opt, self.gen)
+
+    def save_state(self, j: int, run_dir: Path, step: int) -> None:
+        ResumeState(run_dir).save(step, self.model, self.opt, self.gen)
+
+    def save_checkpoint(self, j: int, run_dir: Path, step: int) -> None:
+        t = self.config.train
+        save_checkpoint(run_dir, self.model, step, step * t.batch_size, t.checkpoint_dtype)
+
+    def evaluate(self, batches: dict[str, Batch]) -> list[Results]:
+        return [evaluate(self.model, batches)]
+
+    def forget(self, step: int) -> None:
+        """Re-initialise the exemplar or label embedding and its Adam state (Anand et al.'s forgetting)."""
+        t = self.config.train
+        self.model.reset_embedding(t.forget_target, forget_generator(t.seed, step))
+        for param in self.model.forget_parameters(t.forget_target):
+            for value in self.opt.state.get(param, {}).values():
+                value.zero_()
+
+    def train_step(self) -> None:
+        batch = sample_train(self.config.task, self.config.train.batch_size, self.gen)
+        train_loss = F.cross_entropy(self.model.fast_logits(batch.exemplars, batch.labels), batch.target)
+        self.opt.zero_grad(set_to_none=True)
+        train_loss.backward()
+        self.opt.step()
+
+
+class Reporter:
+    """Progress: a rich bar on a terminal; elsewhere (a log file, CI) a plain line at most every LOG_EVERY_S
+    seconds and at the end, so that long runs are never silent."""
+
+    def __init__(self, label: str, total: int, start: int, enabled: bool):
+        self.label, self.total, self.start = label, total, start
+        self.plain = enabled and not sys.stdout.isatty()
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+                            disable=not enabled or self.plain)
+        self.t0 = self.last_line = time.monotonic()
+
+    def __enter__(self) -> "Reporter":
+        self.bar.__enter__()
+        self.task = self.bar.add_task(self.label, total=self.total, completed=self.start, stats="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def advance(self, step: int) -> None:
+        self.bar.update(self.task, completed=step)
+
+    def evaluated(self, step: int, results: list[Results]) -> None:
+        mean = {ev: sum(r[ev]["acc"] for r in results) / len(results) for ev in ("icl", "ciwl", "flip")}
+        train_loss = sum(r["train"]["loss"] for r in results) / len(results)
+        stats = f"loss {train_loss:.3f}  " + "  ".join(f"{ev} {v:.2f}" for ev, v in mean.items())
+        stats = stats if len(results) == 1 else f"mean over {len(results)} seeds: {stats}"
+        self.bar.update(self.task, completed=step, stats=stats)
+        now = time.monotonic()
+        if self.plain and (now - self.last_line >= LOG_EVERY_S or step == self.total):
+            rate = (step - self.start) / max(now - self.t0, 1e-9)
+            left = (self.total - step) / rate if rate > 0 else float("nan")
+            print(f"{self.label}: step {step}/{self.total} ({rate:.0f} steps/s, ~{left / 60:.0f} min left)  {stats}",
+                  flush=True)
+            self.last_line = now
+
+
+def run_loop(learner: Learner, config: RunConfig, dirs: list[Path], start: int, progress: bool, label: str) -> None:
+    """Train every seed of `learner` from `start` to `config.train.steps`, writing seed j's run into dirs[j]."""
     t = config.train
-
-    model = CoopModel(config.task, config.model, seed=t.seed).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=t.lr, fused=True)
-    gen = torch.Generator(device=device).manual_seed(t.seed)
-    state = _State(out)
-    start = state.load(model, opt, gen) if state.path.exists() else 0
-    metrics_path = out / "metrics.parquet"
-    metrics = read_table(metrics_path) if metrics_path.exists() and start else table([])
-    metrics = metrics[metrics.step < start]
-
+    if start:
+        for j, d in enumerate(dirs):
+            learner.load_state(j, d)
+    metrics = []
+    for d in dirs:
+        path = d / "metrics.parquet"
+        m = read_table(path) if start and path.exists() else table([])
+        metrics.append(m[m.step < start])
     schedule = set(checkpoint_schedule(t.steps, t.n_checkpoints))
-    batches = eval_batches(config, device)
-    seqs = lambda s: s * t.batch_size  # noqa: E731
-    bar = progress_bar(progress)
+    batches = eval_batches(config, learner.device)
     step = start
-    with bar:
-        task_id = bar.add_task(f"train {config.name}", total=t.steps, completed=start, stats="")
+    with Reporter(label, t.steps, start, progress) as report:
         try:
             while True:
                 if step in schedule:
-                    save_checkpoint(out, model, step, seqs(step), t.checkpoint_dtype)
+                    for j, d in enumerate(dirs):
+                        learner.save_checkpoint(j, d, step)
                 if step % t.eval_every == 0 or step == t.steps:
-                    results = evaluate(model, batches)
-                    metrics = concat([metrics, _metric_rows(config.name, step, seqs(step), results)])
-                    write_table(metrics, metrics_path)
-                    state.save(step, model, opt, gen)
-                    bar.update(task_id, completed=step, stats=(
-                        f"loss {results['train']['loss']:.3f}  icl {results['icl']['acc']:.2f}  "
-                        f"ciwl {results['ciwl']['acc']:.2f}  flip {results['flip']['acc']:.2f}"))
+                    results = learner.evaluate(batches)
+                    for j, d in enumerate(dirs):
+                        metrics[j] = concat([metrics[j], metric_rows(config.name, step, step * t.batch_size,
+                                                                     results[j])])
+                        write_table(metrics[j], d / "metrics.parquet")
+                        learner.save_state(j, d, step)
+                    report.evaluated(step, results)
                 if step == t.steps:
                     break
-                if _forget_now(config, step):
-                    _forget(model, opt, t.forget_target, t.seed, step)
-                batch = sample_train(config.task, t.batch_size, gen)
-                train_loss = F.cross_entropy(model.fast_logits(batch.exemplars, batch.labels), batch.target)
-                opt.zero_grad(set_to_none=True)
-                train_loss.backward()
-                opt.step()
+                if forget_now(config, step):
+                    learner.forget(step)
+                learner.train_step()
                 step += 1
                 if step % 100 == 0:
-                    bar.update(task_id, completed=step)
+                    report.advance(step)
         except KeyboardInterrupt:
-            write_table(metrics[metrics.step <= step], metrics_path)
-            state.save(step, model, opt, gen)
-            raise TrainingInterrupted(f"interrupted at step {step}; state saved in {out}, "
+            for j, d in enumerate(dirs):
+                write_table(metrics[j][metrics[j].step <= step], d / "metrics.parquet")
+                learner.save_state(j, d, step)
+            where = dirs[0] if len(dirs) == 1 else f"{dirs[0].parent} ({len(dirs)} seeds)"
+            raise TrainingInterrupted(f"interrupted at step {step}; state saved in {where}, "
                                       "run the same command again to resume") from None
+
+
+def train(config: RunConfig, out_dir: str | Path, progress: bool = True, device: str | None = None) -> Run:
+    """Train (or resume, or extend to more steps) a run into `out_dir`; returns the loaded Run."""
+    config.validate()
+    device = resolve_device(device)
+    out = Path(out_dir)
+    prepare_run_dir(config, out)
+    learner = SingleSeed(config, device)
+    run_loop(learner, config, [out], ResumeState(out).step(), progress, f"train {config.name}")
     return load_run(out)

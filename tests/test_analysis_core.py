@@ -289,7 +289,7 @@ def test_every_analysis_has_its_own_code_version_covering_the_engine():
     versions = {name: an.code_version(module) for name, module in an.ANALYSES.items()}
     assert len(set(versions.values())) == len(versions)
     patching = an.ast.parse(an._source("coopinterp.analysis.patching").read_text())
-    assert "coopinterp.analysis.ablation" in an._imports(patching, "coopinterp.analysis")  # the batched engine
+    assert "coopinterp.analysis.engine" in an._imports(patching, "coopinterp.analysis")  # the batched engine
 
 
 # --- CLI -------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from torch.utils import _pytree
 
 import coopinterp as ci
 from coopinterp.analysis import ablation as A
+from coopinterp.analysis import engine as E
 from coopinterp.analysis import attention, behavior, paper_checks
 from coopinterp.analysis import clamping as C
 from coopinterp.analysis import patching as P
@@ -45,8 +46,8 @@ def test_the_guard_catches_a_mix():
 
 
 @pytest.mark.parametrize("name, call", [
-    ("engine", lambda m, b: A.Engine(m).score(A.Engine(m).forward(m.residual(b["train"]))[0], b["train"])[0]),
-    ("ablate", lambda m, b: [A.ablated_hidden(m, b["flip"], [[(0, 1)], [(1, 2), (0, 0)]], mode) for mode in A.MODES]),
+    ("engine", lambda m, b: E.Engine(m).score(E.Engine(m).forward(m.residual(b["train"]))[0], b["train"])[0]),
+    ("ablate", lambda m, b: [A.ablated_hidden(m, b["flip"], [[(0, 1)], [(1, 2), (0, 0)]], mode) for mode in E.MODES]),
     ("patch", lambda m, b: [P.patched_hidden(m, b["flip"], [[0], [1, 2]], [[0], [1]], ["q", "kv"], mode, direct=True,
                                              direct_path="cut") for mode in ("zero", "mean", "resample", b["icl"])]),
     ("clamp", lambda m, b: C.clamp_sweep(m, b["ciwl"], (1, 1), ablate=[(0, 2)], mode="resample")),

@@ -1,16 +1,19 @@
 """The batched intervention engine (ablation, path patching, clamping) against one-TL-hook-per-set references."""
 import pytest
 import torch
+from transformer_lens.utilities import get_act_name
 from typer.testing import CliRunner
 
 import coopinterp as ci
 from coopinterp.analysis import ablation as A
+from coopinterp.analysis import engine as E
 from coopinterp.analysis import clamping as C
 from coopinterp.analysis import grafting as G
 from coopinterp.analysis import paper_checks as PC
 from coopinterp.analysis import patching as P
 from coopinterp.cli import app
 from coopinterp.tables import table
+from coopinterp.train import evaluate
 from coopinterp.task import EVALUATORS, accuracy, loss
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -33,21 +36,21 @@ def batches(tiny_config):
 
 def test_parse_heads(tiny_config):
     cfg = tiny_config.model
-    assert A.parse_heads("0.3,1.0, 0.3", cfg) == [(0, 3), (1, 0)]
+    assert E.parse_heads("0.3,1.0, 0.3", cfg) == [(0, 3), (1, 0)]
     for bad, message in [("0.4", "no head 0.4"), ("2.0", "no head 2.0"), ("1", "bad head '1'"),
                          ("0.-1", "bad head"), ("", "bad head ''"), ("a.b", "bad head 'a.b'")]:
         with pytest.raises(ci.ConfigError, match=message):
-            A.parse_heads(bad, cfg)
+            E.parse_heads(bad, cfg)
 
 
 def test_derangement_has_no_fixed_point():
-    perm = A.derangement(101, seed=3)
+    perm = E.derangement(101, seed=3)
     assert sorted(perm.tolist()) == list(range(101)) and not (perm == torch.arange(101)).any()
-    assert torch.equal(perm, A.derangement(101, seed=3))
+    assert torch.equal(perm, E.derangement(101, seed=3))
 
 
 def test_engine_is_the_model(model, batches):
-    engine = A.Engine(model)
+    engine = E.Engine(model)
     for batch in batches.values():
         hidden, _ = engine.forward(model.residual(batch))
         logits = engine.logits(hidden)
@@ -58,7 +61,7 @@ def test_engine_is_the_model(model, batches):
         torch.testing.assert_close(ce[1], loss(logits.flip(0), batch), **TOL)
 
 
-@pytest.mark.parametrize("mode", A.MODES)
+@pytest.mark.parametrize("mode", E.MODES)
 def test_ablate_matches_one_hook_per_set(model, batches, mode):
     sets = [[h] for h in A.all_heads(model.cfg)] + [[(0, 1), (1, 2), (1, 3)], []]
     for ev in ("flip", "iwl"):
@@ -73,7 +76,7 @@ def test_ablate_matches_one_hook_per_set(model, batches, mode):
 def test_ablation_rows(model, batches):
     rows = A.rows(model, batches)
     heads = model.cfg.n_layers * model.cfg.n_heads
-    assert len(rows) == len(EVALUATORS) * len(A.MODES) * heads * 2
+    assert len(rows) == len(EVALUATORS) * len(E.MODES) * heads * 2
     row = next(r for r in rows if (r["evaluator"], r["layer"], r["head"], r["component"], r["metric"])
                == ("icl", 1, 2, "zero", "loss"))
     logits = A.ablate(model, batches["icl"], [[(1, 2)]], "zero")[0]
@@ -87,11 +90,11 @@ def test_path_patching_matches_hooks(model, batches):
     components = ["q", "k", "v", "qkv"]
     counterfactual = ci.make_batch(model.task, "icl", n=len(batch), seed=9)
     for mode in ("mean", counterfactual):
-        logits = A.Engine(model).logits(P.patched_hidden(model, batch, groups, groups, components, mode))
+        logits = E.Engine(model).logits(P.patched_hidden(model, batch, groups, groups, components, mode))
         if isinstance(mode, str):
             values = A.hooked_replacements(model, batch, mode)[0]
         else:
-            values = model.run_with_cache(mode, names_filter=["blocks.0.attn.hook_z"])[1]["blocks.0.attn.hook_z"]
+            values = model.run_with_cache(mode, names_filter=[get_act_name("z", 0)])[1][get_act_name("z", 0)]
         for s in (0, 2, 3):
             inputs = P.sender_inputs_hooked(model, batch, groups[s], values)
             for r in (1, 3):
@@ -101,7 +104,7 @@ def test_path_patching_matches_hooks(model, batches):
         assert (logits - model(batch)).abs().amax() > 1e-2
 
 
-@pytest.mark.parametrize("mode", A.MODES)
+@pytest.mark.parametrize("mode", E.MODES)
 def test_patching_everything_equals_ablating_the_senders(model, batches, mode):
     every = [list(range(model.cfg.n_heads))]
     batch = batches["train"]
@@ -123,12 +126,12 @@ def direct_path_hook(model, batch, direct_path):
         query = store["resid"][:, -1:]
         return x - query if direct_path == "cut" else query.expand_as(x).clone()
 
-    return [("blocks.0.hook_resid_pre", record), ("ln_final.hook_in", edit)]
+    return [(get_act_name("resid_pre", 0), record), ("ln_final.hook_in", edit)]
 
 
 @pytest.mark.parametrize("direct_path", ["cut", "only"])
 def test_direct_path_matches_hooks(model, batches, direct_path):
-    engine = A.Engine(model)
+    engine = E.Engine(model)
     for ev in ("train", "iwl"):
         batch = batches[ev]
         hidden, _ = engine.forward(model.residual(batch), direct_path=direct_path)
@@ -160,7 +163,7 @@ def test_paper_checks_rows(model, batches):
     df = as_table(rows)
     assert len(df) == len(EVALUATORS) * (2 + 2 * len(PC.CHECK_COMPONENTS)) * 2
     only = df[(df.component == "direct_only") & (df.evaluator == "iwl") & (df.metric == "acc")].value.item()
-    engine = A.Engine(model)
+    engine = E.Engine(model)
     acc, _ = engine.score(engine.forward(model.residual(batches["iwl"]), direct_path="only")[0], batches["iwl"])
     assert only == pytest.approx(acc.item())
 
@@ -217,9 +220,9 @@ def test_patching_a_silent_head_changes_nothing(model, batches):
     silent.load_weights({**weights, "blocks.0.attn.v.weight": v})
     assert not silent.W_V[0, 1].any() and silent.W_V[0, 0].any()
     batch, H = batches["flip"], model.cfg.n_heads
-    clean = A.Engine(silent).forward(silent.residual(batch))[0]
+    clean = E.Engine(silent).forward(silent.residual(batch))[0]
     receivers = [[h] for h in range(H)] + [list(range(H))]
-    for mode in A.MODES:
+    for mode in E.MODES:
         for senders, same in (([[1]], True), ([[0]], False)):
             hidden = P.patched_hidden(silent, batch, senders, receivers, ["q", "k", "v", "qkv"], mode, direct=True)
             assert torch.allclose(hidden, clean.expand_as(hidden), atol=1e-6) == same
@@ -273,7 +276,7 @@ def test_graft(tiny_run, batches):
         expected = wd if name.startswith(("blocks.0.", "unembed.")) else wr
         assert torch.equal(w[name], expected[name]), name
     everything = G.graft(recipient, donor, list(G.param_groups(recipient)))
-    assert G.evaluate(everything, batches) == G.evaluate(donor, batches)
+    assert evaluate(everything, batches) == evaluate(donor, batches)
     with pytest.raises(ci.ConfigError, match="unknown parameter group 'layer2'; choose from layer0, layer1"):
         G.graft(recipient, donor, ["layer2"])
 

@@ -87,4 +87,4 @@ def test_cli_writes_table_and_html(tmp_path):
     html = (tmp_path / "minimal.html").read_text()
     assert "plotly" in html and len(html) > 1_000_000  # plotly.js is embedded: works offline
     bad = CliRunner().invoke(app, ["minimal", "--out", str(tmp_path), "--format", "svg"])
-    assert bad.exit_code == 2 and "unknown format" in bad.output
+    assert bad.exit_code == 2 and "--format: unknown value(s)" in bad.output

@@ -1,5 +1,7 @@
 import importlib
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -62,6 +64,49 @@ def test_resume_is_bit_identical(tmp_path, tiny_config, monkeypatch):
             assert torch.equal(a[step][name], b[step][name]), (step, name)
     pd.testing.assert_frame_equal(whole.metrics.drop(columns="run"), split.metrics.drop(columns="run"))
     assert "icl/holdout" in set(whole.metrics.evaluator)
+
+
+def test_extending_a_finished_run_equals_training_straight_to_its_length(tmp_path, tiny_config):
+    short = tiny_config.replace(train={"steps": 60, "eval_every": 20, "n_checkpoints": 3,
+                                       "forgetting": "active", "forget_every": 25})
+    long = short.replace(train={"steps": 100})
+    straight = ci.train(long, tmp_path / "straight", progress=False, device="cpu")
+    ci.train(short, tmp_path / "extended", progress=False, device="cpu")
+    extended = ci.train(long, tmp_path / "extended", progress=False, device="cpu")
+    assert extended.config == long and extended.steps[-1] == 100
+    (a, meta_a), (b, meta_b) = (load_tensors(r.path / "state" / "last.safetensors") for r in (straight, extended))
+    assert meta_a == meta_b and a.keys() == b.keys()
+    for name in a:  # weights, Adam moments and the data stream's state
+        assert torch.equal(a[name], b[name]), name
+    pd.testing.assert_frame_equal(straight.metrics, extended.metrics)
+    with pytest.raises(ci.CoopError, match="already trained to step 100; --steps 60 would shorten it"):
+        ci.train(short, tmp_path / "extended", progress=False, device="cpu")
+
+
+def test_training_without_a_terminal_prints_progress_lines(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "coopinterp", "train", "--preset", "tiny", "--steps", "60",
+                        "--out", str(tmp_path / "run"), "--device", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    line = next(line for line in r.stdout.splitlines() if line.startswith("train tiny: step 60/60"))
+    assert "steps/s" in line and "icl" in line and "ciwl" in line
+
+
+def test_train_takes_a_runs_own_run_json_and_config_exports_one(tmp_path, tiny_run):
+    from typer.testing import CliRunner
+
+    from coopinterp.cli import app
+
+    runner = CliRunner()
+    exported = tmp_path / "tiny.json"
+    r = runner.invoke(app, ["config", str(tiny_run.path), "--out", str(exported)])
+    assert r.exit_code == 0, r.output
+    assert ci.RunConfig.from_json(exported) == tiny_run.config == ci.RunConfig.from_json(tiny_run.path / "run.json")
+    r = runner.invoke(app, ["config", str(tiny_run.path), "--out", str(exported)])
+    assert r.exit_code == 2 and "exists" in r.output
+    r = runner.invoke(app, ["train", "--config", str(tiny_run.path / "run.json"), "--steps", "20", "--out",
+                            str(tmp_path / "again"), "--no-progress", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert ci.load_run(tmp_path / "again").config == tiny_run.config.replace(train={"steps": 20})
 
 
 def test_resume_refuses_a_different_config(tmp_path, tiny_config):

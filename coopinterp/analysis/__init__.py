@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Float
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
+from transformer_lens.utilities import get_act_name
 
 from ..checkpoints import Run, checkpoint_path
 from ..config import TaskConfig
@@ -89,7 +90,7 @@ def clean_run(model: CoopModel, batch: Batch) -> CleanRun:
     key = (id(model), id(batch))
     if _memo is not None and key in _memo:
         return _memo[key][2]
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    names = [get_act_name("pattern", layer) for layer in range(model.cfg.n_layers)]
     with model.bridge.hooks(fwd_hooks=[("unembed.hook_in", _query_only)]):
         logits, cache = model.run_with_cache(batch, names_filter=names)
     out = CleanRun(logits, torch.stack([cache[name] for name in names]))

@@ -1,232 +1,19 @@
-"""Head ablations, and the batched engine that every intervention here (ablation, path patching, clamping) runs on.
-
-The engine is the model's attention-only forward written in plain torch over the bridge's TL weights
-(`W_Q` [layer, head, d_model, d_head], ...), with a leading `sets` dim: each set is one intervention, and
-all sets of a call share one pass. A TL hook edits one forward at a time, so the hooked way needs a forward
-per head (and the bridge unembeds every position, 12,800 labels each). The hooked references below
-(`ablate_hooked`, ...) state the semantics in TL terms; tests keep the engine equal to them.
-
-Ablating a head replaces its output (`hook_z`, hence `hook_result`) at every position with:
-  zero      0;
-  mean      its mean over the batch, per position;
-  resample  its value on another sequence of the same batch (a fixed derangement: no sequence keeps its own).
-Replacement values always come from the clean run, so ablating heads of both layers together means what the
-hooked reference means.
-
-The direct path is the query's own embedding (`blocks.0.hook_resid_pre` at the query) reaching the final
-LayerNorm without passing through attention. `direct_path="cut"` removes it from the unembedding's input (only
-attention outputs answer), `"only"` keeps it alone (what the query's embedding answers by itself: pure
-memorisation), `"keep"` leaves the model as it is.
-"""
+"""Head ablations on the batched engine: every head alone (the `ablation` analysis) or any sets of heads together,
+with a one-hook-per-set transformer-lens reference (`ablate_hooked`)."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
+from transformer_lens.utilities import get_act_name
 
 from ..config import ModelConfig
-from ..errors import ConfigError
 from ..model import CoopModel
 from ..task import Batch
-
-Head = tuple[int, int]  # (layer, head), 0-indexed
-MODES = ("zero", "mean", "resample")
-DIRECT_PATHS = ("keep", "cut", "only")
-# Leading `...` dims are intervention sets; they broadcast between tensors (a clean k beside patched qs), so they
-# are not tied across arguments.
-Z = Float[Tensor, "... n pos head d_head"]
-Pattern = Float[Tensor, "... n head q_pos k_pos"]
-Zs = list[Float[Tensor, "... n _pos head d_head"]]  # one Z per layer; the last layer's holds the query row only
-EditZ = Callable[[int, Z], Z]
-EditPattern = Callable[[int, Pattern], Pattern]
-ROW_BLOCK = 1 << 19  # logits per unembedding block in `Engine.score` (2 MB: stays in cache)
-
-
-def parse_heads(spec: str, cfg: ModelConfig) -> list[Head]:
-    """'0.3,1.5' -> [(0, 3), (1, 5)]; a malformed or out-of-range head is a ConfigError."""
-    heads: list[Head] = []
-    for item in spec.split(","):
-        parts = item.strip().split(".")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise ConfigError(f"bad head {item.strip()!r} in {spec!r}: write heads as LAYER.HEAD, e.g. 0.3,1.5")
-        heads.append(check_head((int(parts[0]), int(parts[1])), cfg))
-    return list(dict.fromkeys(heads))
-
-
-def check_head(head: Head, cfg: ModelConfig) -> Head:
-    layer, h = head
-    if not (0 <= layer < cfg.n_layers and 0 <= h < cfg.n_heads):
-        raise ConfigError(f"no head {layer}.{h}: the model has layers 0-{cfg.n_layers - 1} "
-                          f"and heads 0-{cfg.n_heads - 1}")
-    return layer, h
-
-
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ConfigError(f"unknown ablation mode {mode!r}; choose from {', '.join(MODES)}")
-    return mode
-
-
-def check_direct_path(direct_path: str) -> str:
-    if direct_path not in DIRECT_PATHS:
-        raise ConfigError(f"unknown direct_path {direct_path!r}; choose from {', '.join(DIRECT_PATHS)}")
-    return direct_path
-
-
-def with_direct_path(final: Float[Tensor, "... n d_model"], resid_query: Float[Tensor, "n d_model"],
-                     direct_path: str) -> Float[Tensor, "... n d_model"]:
-    """The final stream at the query with the direct path kept, cut or kept alone (module docstring)."""
-    if check_direct_path(direct_path) == "cut":
-        return final - resid_query
-    if direct_path == "only":
-        return resid_query.expand_as(final)
-    return final
-
-
-def derangement(n: int, seed: int = 0) -> Tensor:
-    """A fixed permutation with no fixed point (for n >= 2): each sequence takes the next one's on a random cycle."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    perm = torch.empty_like(order)
-    perm[order] = order.roll(-1)
-    return perm
-
-
-def replacement(z: Float[Tensor, "n pos head d_head"], mode: str, seed: int = 0) -> Float[Tensor, "n pos head d_head"]:
-    """What an ablated head's clean output is replaced with (module docstring)."""
-    check_mode(mode)
-    if mode == "zero":
-        return torch.zeros_like(z)
-    if mode == "mean":
-        return z.mean(0, keepdim=True).expand_as(z)
-    return z[derangement(z.shape[0], seed).to(z.device)]
-
-
-class Engine:
-    """The model's forward over a leading `sets` dim, with edit points on head outputs and attention patterns.
-
-    Hand-written (like `CoopModel.fast_logits`) because TL hooks cannot batch different edits into one pass.
-    The last layer computes only the query row: nothing else reaches the logits.
-    """
-
-    def __init__(self, model: CoopModel):
-        b = model.bridge
-        self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
-        # The bridge's own nn.Linear weights ([out, in], heads side by side: one fused F.linear per projection),
-        # read directly rather than through TL's W_Q... views, which refuse tensors without values (meta).
-        linear = {c: [getattr(blk.attn, c).original_component for blk in b.blocks] for c in "qkvo"}
-        stack = lambda c, name: torch.stack([getattr(lin, name) for lin in linear[c]]).detach()  # noqa: E731
-        self.W_in = {c: stack(c, "weight") for c in "qkv"}  # [layer, head*d_head, d_model]
-        self.b_in = {c: stack(c, "bias") for c in "qkv"}
-        self.W_out, self.b_out = stack("o", "weight"), stack("o", "bias")  # [layer, d_model, head*d_head]
-        self.W_O = self.W_out.transpose(1, 2).unflatten(1, (self.n_heads, -1))  # TL's [layer, head, d_head, d_model]
-        unembed = b.unembed.original_component
-        self.W_U, self.b_U = unembed.weight.detach().T, unembed.bias.detach()  # TL's [d_model, labels]
-        self.ln1 = [blk.ln1.original_component for blk in b.blocks]
-        self.ln_final = b.ln_final.original_component
-        self.scale = model.cfg.d_head ** -0.5
-
-    @staticmethod
-    def norm(ln: torch.nn.LayerNorm, x: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_model"]:
-        return F.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, ln.eps)
-
-    def project(self, layer: int, c: str, x: Float[Tensor, "... n pos d_model"]) -> Z:
-        """The `hook_{c}` value (c in q, k, v) of every head from the normalised stream."""
-        return F.linear(x, self.W_in[c][layer], self.b_in[c][layer]).unflatten(-1, (self.n_heads, -1))
-
-    def attend(self, q: Float[Tensor, "... n q_pos head d_head"], k: Float[Tensor, "... n k_pos head d_head"],
-               v: Float[Tensor, "... n k_pos head d_head"], layer: int,
-               edit_pattern: EditPattern | None = None) -> Float[Tensor, "... n q_pos head d_head"]:
-        """Softmax attention of every head (causal unless q is the query row alone); returns `hook_z`."""
-        q, k, v = (t.transpose(-2, -3) for t in (q, k, v))  # head before pos
-        scores = q @ k.transpose(-1, -2) * self.scale
-        if q.shape[-2] > 1:
-            T = q.shape[-2]
-            scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-        pattern = (scores - scores.amax(-1, keepdim=True)).exp()  # softmax by hand: torch's is ~3x slower
-        pattern = pattern / pattern.sum(-1, keepdim=True)  # on rows this short (measured)
-        if edit_pattern is not None:
-            pattern = edit_pattern(layer, pattern)
-        return (pattern @ v).transpose(-2, -3)
-
-    def result(self, layer: int, z: Z) -> Float[Tensor, "... n pos head d_model"]:
-        """Each head's write into the residual stream (`hook_result`), without the output bias."""
-        return torch.einsum("...the,hed->...thd", z, self.W_O[layer])
-
-    def out(self, layer: int, z: Z) -> Float[Tensor, "... n pos d_model"]:
-        return F.linear(z.flatten(-2), self.W_out[layer], self.b_out[layer])
-
-    def block(self, layer: int, h: Float[Tensor, "... n pos d_model"], edit_z: EditZ | None = None,
-              edit_pattern: EditPattern | None = None) -> tuple[Float[Tensor, "... n out_pos d_model"],
-                                                                Float[Tensor, "... n out_pos head d_head"]]:
-        """One attention block; returns the stream after it (the query row alone after the last) and `hook_z`."""
-        last = layer == self.n_layers - 1
-        x = self.norm(self.ln1[layer], h)
-        q = self.project(layer, "q", x[..., -1:, :] if last else x)
-        z = self.attend(q, self.project(layer, "k", x), self.project(layer, "v", x), layer, edit_pattern)
-        if edit_z is not None:
-            z = edit_z(layer, z)
-        return (h[..., -1:, :] if last else h) + self.out(layer, z), z
-
-    def forward(self, resid: Float[Tensor, "n pos d_model"], edit_z: EditZ | None = None,
-                edit_pattern: EditPattern | None = None,
-                direct_path: str = "keep") -> tuple[Float[Tensor, "... n d_model"], Zs]:
-        """Final-LayerNorm output at the query (the unembedding's input) and every layer's `hook_z`."""
-        h, zs = resid, []
-        for layer in range(self.n_layers):
-            h, z = self.block(layer, h, edit_z, edit_pattern)
-            zs.append(z)
-        return self.norm(self.ln_final, with_direct_path(h[..., -1, :], resid[:, -1], direct_path)), zs
-
-    def logits(self, hidden: Float[Tensor, "... n d_model"]) -> Float[Tensor, "... n labels"]:
-        return hidden @ self.W_U + self.b_U
-
-    def score(self, hidden: Float[Tensor, "*sets n d_model"], batch: Batch) -> tuple[Float[Tensor, "*sets"],
-                                                                                     Float[Tensor, "*sets"]]:
-        """`task.accuracy` and `task.loss` of every set, unembedding a cache-sized block of rows at a time.
-
-        Hand-fused rather than `task.loss(self.logits(hidden))`: with 12,800 labels the logits of all sets
-        take GBs, and unembed + cross-entropy in blocks of ~40 rows that stay in cache runs ~2x faster
-        (measured) than per set; a test keeps both equal.
-        """
-        lead, n = hidden.shape[:-2], hidden.shape[-2]
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        sets = flat.shape[0] // n
-        target, context = batch.target.repeat(sets), batch.labels.repeat(sets, 1)
-        correct, ce = [], []
-        for rows in torch.arange(flat.shape[0], device=flat.device).split(max(1, ROW_BLOCK // self.W_U.shape[1])):
-            logits = torch.addmm(self.b_U, flat[rows], self.W_U)
-            top, argmax = logits.max(-1, keepdim=True)
-            if batch.evaluator == "iwl":
-                pred = argmax[:, 0]
-            else:  # in-context prediction: argmax over the labels present in the context
-                pred = context[rows].gather(1, logits.gather(1, context[rows]).argmax(1, keepdim=True))[:, 0]
-            correct.append(pred == target[rows])
-            picked = logits.gather(1, target[rows, None])[:, 0]
-            ce.append(logits.sub_(top).exp_().sum(-1).log_() + top[:, 0] - picked)
-        acc = torch.cat(correct).float().reshape(*lead, n).mean(-1)
-        return acc, torch.cat(ce).reshape(*lead, n).mean(-1)
-
-
-def head_masks(head_sets: Sequence[Sequence[Head]], cfg: ModelConfig) -> Bool[Tensor, "sets layer head"]:
-    masks = torch.zeros(len(head_sets), cfg.n_layers, cfg.n_heads, dtype=torch.bool)
-    for i, heads in enumerate(head_sets):
-        for head in heads:
-            masks[(i, *check_head(head, cfg))] = True
-    return masks
-
-
-def masked_edit(masks: Bool[Tensor, "sets layer head"], values: Zs) -> EditZ:
-    """An `edit_z` that gives set s, at layer l, `values[l]` for the heads in masks[s, l], the clean z elsewhere."""
-    def edit(layer: int, z: Z) -> Z:
-        m = masks[:, layer].to(z.device)
-        if not m.any():
-            return z
-        return torch.where(m[:, None, None, :, None], values[layer], z)
-    return edit
+from .engine import MODES, Engine, Head, Zs, check_mode, head_masks, masked_edit, replacement
 
 
 @torch.no_grad()
@@ -273,7 +60,7 @@ def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
 
 def hooked_replacements(model: CoopModel, batch: Batch, mode: str, seed: int = 0) -> Zs:
     """Reference: each layer's `hook_z` replacement, from a TL cache of the clean run."""
-    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(batch, names_filter=names)
     return [replacement(cache[name], mode, seed) for name in names]
@@ -289,5 +76,5 @@ def ablate_hooked(model: CoopModel, batch: Batch, heads: Sequence[Head],
         return z
 
     layers = sorted({layer for layer, _ in heads})
-    return model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", partial(write, layer=layer))
+    return model.run_with_hooks(batch, fwd_hooks=[(get_act_name("z", layer), partial(write, layer=layer))
                                                   for layer in layers])

@@ -21,11 +21,12 @@ from typing import Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens.utilities import get_act_name
 
 from ..errors import ConfigError
 from ..model import CoopModel
 from ..task import Batch
-from .ablation import Engine, Head, check_head, check_mode, masked_edit, replacement
+from .engine import Engine, Head, check_head, check_mode, masked_edit, replacement
 
 PROTOCOLS = ("paper", "layer")
 
@@ -98,8 +99,8 @@ def copier_hooked(model: CoopModel, batch: Batch, head: Head, s: float) -> Float
         return store["attn_out"]
 
     return model.run_with_hooks(batch, fwd_hooks=[
-        (f"blocks.{layer}.attn.hook_pattern", clamp), (f"blocks.{layer}.attn.hook_z", zero_others),
-        (f"blocks.{layer}.hook_attn_out", record), ("ln_final.hook_in", only_head)])
+        (get_act_name("pattern", layer), clamp), (get_act_name("z", layer), zero_others),
+        (get_act_name("attn_out", layer), record), ("ln_final.hook_in", only_head)])
 
 
 def _others(model: CoopModel, head: Head, ablate: Sequence[Head] | None) -> list[Head]:
@@ -141,7 +142,7 @@ def clamp_hooked(model: CoopModel, batch: Batch, head: Head, s: float, ablate: S
     """Reference: one TL forward with a `hook_pattern` hook clamping the row and `hook_z` hooks ablating."""
     layer, h = check_head(head, model.cfg)
     others = _others(model, head, ablate)
-    names = [f"blocks.{at}.attn.hook_z" for at in range(model.cfg.n_layers)]
+    names = [get_act_name("z", at) for at in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(batch, names_filter=names)
     row = clamp_row(batch, torch.tensor([s]))[0]
 
@@ -154,7 +155,7 @@ def clamp_hooked(model: CoopModel, batch: Batch, head: Head, s: float, ablate: S
         z[:, :, picked] = replacement(cache[names[at]], mode)[:, :, picked]
         return z
 
-    hooks = [(f"blocks.{layer}.attn.hook_pattern", clamp)]
+    hooks = [(get_act_name("pattern", layer), clamp)]
     hooks += [(names[at], partial(ablate_z, at=at)) for at in sorted({al for al, _ in others})]
     return model.run_with_hooks(batch, fwd_hooks=hooks)
 

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 
 from ..errors import ConfigError
 from ..model import CoopModel
-from ..task import Batch
-from .ablation import Engine
 
 
 def param_groups(model: CoopModel) -> dict[str, list[str]]:
@@ -40,17 +37,6 @@ def graft(recipient: CoopModel, donor: CoopModel, groups: Sequence[str]) -> Coop
     model = CoopModel(recipient.task, recipient.cfg)
     model.load_weights(weights, source="grafted weights")
     return model.to(recipient.W_U.device).eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def evaluate(model: CoopModel, batches: dict[str, Batch]) -> dict[str, tuple[float, float]]:
-    """Evaluator -> (acc, loss) of a model, e.g. a grafted one."""
-    engine = Engine(model)
-    out = {}
-    for ev, batch in batches.items():
-        acc, ce = engine.score(engine.forward(model.residual(batch))[0], batch)
-        out[ev] = (acc.item(), ce.item())
-    return out
 
 
 def graft_out(early: CoopModel, late: CoopModel, layer: int = 1) -> CoopModel:

@@ -13,7 +13,7 @@ import torch
 
 from ..model import CoopModel
 from ..task import Batch
-from .ablation import Engine
+from .engine import Engine
 from .patching import COMPONENTS, path_patch
 
 CHECK_COMPONENTS = (*COMPONENTS, "qkv")

@@ -19,11 +19,12 @@ from typing import Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens.utilities import get_act_name
 
 from ..errors import ConfigError
 from ..model import CoopModel
 from ..task import Batch
-from .ablation import Engine, check_direct_path, replacement, with_direct_path
+from .engine import Engine, check_direct_path, replacement, with_direct_path
 
 COMPONENTS = ("q", "k", "v")
 Mode = str | Batch  # "mean" | "zero" | "resample", or a counterfactual batch
@@ -160,8 +161,8 @@ def sender_inputs_hooked(model: CoopModel, batch: Batch, senders: Sequence[int],
     def record(x: Tensor, hook, c: str) -> None:
         store[c] = x.clone()
 
-    model.run_with_hooks(batch, fwd_hooks=[("blocks.0.attn.hook_z", patch)]
-                         + [(f"blocks.1.attn.hook_{c}", partial(record, c=c)) for c in COMPONENTS])
+    model.run_with_hooks(batch, fwd_hooks=[(get_act_name("z", 0), patch)]
+                         + [(get_act_name(c, 1), partial(record, c=c)) for c in COMPONENTS])
     return store
 
 
@@ -174,5 +175,5 @@ def receive_hooked(model: CoopModel, batch: Batch, receivers: Sequence[int], com
         x[:, :, list(receivers)] = inputs[c][:, :, list(receivers)]
         return x
 
-    hooks = [(f"blocks.1.attn.hook_{c}", partial(put, c=c)) for c in component]
+    hooks = [(get_act_name(c, 1), partial(put, c=c)) for c in component]
     return model.run_with_hooks(batch, fwd_hooks=hooks + list(extra_hooks))

@@ -8,18 +8,10 @@ from typing import Optional
 import pandas as pd
 import typer
 
-from .cli import app, console, friendly
-from .errors import CheckpointError, CoopError
+from ..errors import CheckpointError, CoopError
+from .common import app, choices, comma_list, console, friendly
 
 FORMATS = ("html", "png")
-
-
-def _formats(text: str) -> list[str]:
-    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise CoopError(f"--format takes a comma-separated list of {', '.join(FORMATS)}, got {text!r}")
-    return list(dict.fromkeys(formats))
 
 
 def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
@@ -28,14 +20,14 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
 
     A run is analysed with `analyze` (cached per step under RUN/analysis/, so only new steps cost time).
     """
-    from .tables import read_table
+    from ..tables import read_table
 
     if source.is_dir():
-        from .analysis import analyze
-        from .checkpoints import load_run
+        from ..analysis import analyze
+        from ..checkpoints import load_run
 
         run = load_run(source)
-        names = [a.strip() for a in analyses.split(",") if a.strip()] if analyses else None
+        names = comma_list(analyses) if analyses else None
         table = analyze(run, names, n=n, seed=seed, progress=progress)
         try:
             metrics = run.metrics
@@ -70,9 +62,9 @@ def plot_cmd(
     progress: bool = typer.Option(True, help="Show the analysis progress bar."),
 ) -> None:
     """Write every circuit-evolution figure the table supports as offline HTML and/or PNG."""
-    from . import plots
+    from .. import plots
 
-    formats = _formats(format)
+    formats = choices(format.lower(), FORMATS, "--format")
     if not 0 < scale <= 8:
         raise CoopError(f"--scale must be in (0, 8], got {scale}")
     t0 = time.perf_counter()
@@ -106,7 +98,7 @@ def report_cmd(
     progress: bool = typer.Option(True, help="Show the analysis progress bar."),
 ) -> None:
     """One self-contained offline HTML page: the run's config and every figure (one plotly.js copy)."""
-    from . import plots
+    from .. import plots
 
     t0 = time.perf_counter()
     table, metrics, config, name = load_source(source, analyses, n, seed, progress)
@@ -129,8 +121,8 @@ def app_cmd(
     n: int = typer.Option(256, "--n", help="Sequences per evaluator batch."),
 ) -> None:
     """Interactive head-ablation explorer in the browser (Dash): step slider, head grid, live evaluator table."""
-    from .app import serve
-    from .checkpoints import load_run
+    from ..app import serve
+    from ..checkpoints import load_run
 
     if not 0 < port < 65536:
         raise CoopError(f"--port must be in 1-65535, got {port}")

@@ -1,24 +1,14 @@
-"""CLI commands `minimal` (the minimal coopetition model) and `import-tl` (legacy TL checkpoints)."""
+"""CLI verb `minimal`: the minimal coopetition model."""
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from .cli import app, console, err_console, friendly
-from .errors import CoopError
+from .common import app, choices, console, err_console, friendly
 
 FORMATS = ("html", "png", "csv")
-
-
-def _formats(spec: str) -> set[str]:
-    chosen = {f.strip() for f in spec.split(",") if f.strip()}
-    unknown = chosen - set(FORMATS)
-    if unknown:
-        raise CoopError(f"--format: unknown format(s) {', '.join(sorted(unknown))}; choose from {', '.join(FORMATS)}")
-    return chosen
 
 
 def _write_png(fig, path: Path) -> bool:
@@ -46,10 +36,10 @@ def minimal_cmd(
     format_spec: str = typer.Option("html,png", "--format", help="Comma-separated extra outputs: html, png, csv."),
 ) -> None:
     """Run the minimal coopetition model: ICL (a-path) rises, then fades as CIWL (d-path) takes over."""
-    from .minimal import minimal_figure, run_minimal, summarize_minimal
-    from .tables import write_table
+    from ..minimal import minimal_figure, run_minimal, summarize_minimal
+    from ..tables import write_table
 
-    formats = _formats(format_spec)
+    formats = set(choices(format_spec, FORMATS, "--format"))
     df = run_minimal(steps=steps, seed=seed, init_scale=init_scale, every=every)
     out.mkdir(parents=True, exist_ok=True)
     written = [write_table(df, out / "minimal.parquet")]
@@ -69,26 +59,3 @@ def minimal_cmd(
     console.print(f"ICL strength peaks at {s.icl_peak:.3f} (step {s.icl_peak_step}), ends at {s.icl_final:.3f}; "
                   f"CIWL overtakes {overtakes}, ends at {s.ciwl_final:.3f}; divot: {divot}", highlight=False)
     console.print("wrote " + ", ".join(map(str, written)), highlight=False)
-
-
-@app.command("import-tl")
-@friendly
-def import_tl_cmd(
-    src_dir: Path = typer.Argument(..., help="Folder of legacy HookedTransformer state dicts (.pt/.pth/...)."),
-    out: Path = typer.Option(..., "--out", help="New run directory (must not exist or be empty)."),
-    config: Path = typer.Option(..., "--config", help="RunConfig JSON the checkpoints were trained under."),
-    pattern: Optional[str] = typer.Option(None, help="Regex on file names; its first group is the step "
-                                                     "(default: the last integer in the name)."),
-    exemplar_keys: str = typer.Option("exemplar_embed.weight,exemplar_embed.bias", "--exemplar-keys",
-                                      help="Names of the exemplar embedding's weight and bias in the files."),
-) -> None:
-    """Import legacy transformer-lens checkpoints of a compatible model as a coopinterp run."""
-    from .config import RunConfig
-    from .legacy import import_tl_checkpoints
-
-    keys = tuple(k.strip() for k in exemplar_keys.split(","))
-    if len(keys) != 2 or not all(keys):
-        raise CoopError(f"--exemplar-keys needs two comma-separated names (weight,bias), got {exemplar_keys!r}")
-    run = import_tl_checkpoints(src_dir, out, RunConfig.from_json(config), pattern=pattern, exemplar_keys=keys)
-    console.print(f"imported {len(run.steps)} checkpoint(s) into {run.path}: steps {', '.join(map(str, run.steps))}",
-                  highlight=False)

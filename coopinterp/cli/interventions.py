@@ -7,8 +7,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli import app, console, friendly
-from .errors import ConfigError
+from ..errors import ConfigError
+from .common import app, comma_ints, comma_list, console, friendly
 
 RUN = typer.Argument(..., help="Run directory.")
 STEP = typer.Option(None, "--step", help="Checkpoint step (default: the newest).")
@@ -18,8 +18,8 @@ SEED = typer.Option(0, "--seed", help="Seed of the evaluation batches (and of re
 
 def _load(run_dir: Path, step: Optional[int], n: int, seed: int):
     """(run, step, model, one batch per evaluator)."""
-    from .analysis import eval_batches
-    from .checkpoints import load_run
+    from ..analysis import eval_batches
+    from ..checkpoints import load_run
 
     if n < 2:
         raise ConfigError(f"--n must be >= 2, got {n}")
@@ -38,10 +38,7 @@ def _table(title: str, columns: list[str]) -> Table:
 def _group(spec: str, n_heads: int, option: str) -> list[int]:
     if spec.strip() == "all":
         return list(range(n_heads))
-    try:
-        heads = [int(s) for s in spec.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"{option} must be 'all' or comma-separated head indices, got {spec!r}") from None
+    heads = comma_ints(spec, option)
     if not heads or not all(0 <= h < n_heads for h in heads):
         raise ConfigError(f"{option} {spec!r}: heads are 0-{n_heads - 1}")
     return heads
@@ -58,7 +55,8 @@ def ablate_cmd(
     seed: int = SEED,
 ) -> None:
     """Every evaluator's acc and loss with a set of heads ablated together."""
-    from .analysis.ablation import Engine, ablated_hidden, check_mode, parse_heads
+    from ..analysis.ablation import ablated_hidden
+    from ..analysis.engine import Engine, check_mode, parse_heads
 
     check_mode(mode)
     run, step, model, batches = _load(run_dir, step, n, seed)
@@ -84,8 +82,8 @@ def patch_cmd(
     seed: int = SEED,
 ) -> None:
     """Path patching: the senders' output replaced in the receivers' q, k or v input only (acc per evaluator)."""
-    from .analysis.ablation import check_mode
-    from .analysis.patching import COMPONENTS, check_model, path_patch
+    from ..analysis.engine import check_mode
+    from ..analysis.patching import COMPONENTS, check_model, path_patch
 
     check_mode(mode)
     run, step, model, batches = _load(run_dir, step, n, seed)
@@ -117,8 +115,8 @@ def clamp_cmd(
     seed: int = SEED,
 ) -> None:
     """Skip-trigram copier test: CIWL acc with the head's query attention clamped to s on the true label."""
-    from .analysis.ablation import parse_heads
-    from .analysis.clamping import PROTOCOLS, S_VALUES, clamp_sweep, copier_sweep, skip_trigram_head
+    from ..analysis.engine import parse_heads
+    from ..analysis.clamping import PROTOCOLS, S_VALUES, clamp_sweep, copier_sweep, skip_trigram_head
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown --protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
@@ -155,14 +153,15 @@ def graft_cmd(
     seed: int = SEED,
 ) -> None:
     """Every evaluator's acc for the recipient, the donor, and the recipient with the donor's groups grafted in."""
-    from .analysis.grafting import evaluate, graft
+    from ..analysis.grafting import graft
+    from ..train import evaluate
 
     run, step, model, batches = _load(run_dir, step, n, seed)
     donor_run, donor_step, donor_model, _ = _load(donor, donor_step, n, seed)
-    grafted = graft(model, donor_model, [g.strip() for g in groups.split(",") if g.strip()])
+    grafted = graft(model, donor_model, comma_list(groups))
     results = [evaluate(m, batches) for m in (model, donor_model, grafted)]
     table = _table(f"{groups} of {donor_run.name}@{donor_step} into {run.name}@{step}, accuracy",
                    ["evaluator", "recipient", "donor", "grafted"])
     for ev in batches:
-        table.add_row(ev, *(f"{r[ev][0]:.3f}" for r in results))
+        table.add_row(ev, *(f"{r[ev]['acc']:.3f}" for r in results))
     console.print(table)

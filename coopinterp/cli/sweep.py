@@ -7,8 +7,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli import _device, app, console, friendly
-from .errors import ConfigError
+from ..errors import ConfigError
+from .common import app, check_device, console, friendly
 
 STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red"}
 
@@ -30,7 +30,7 @@ def results_table(results, title: str) -> Table:
 
 def print_seed_runs(runs, seconds: float) -> None:
     """Summary of `train --seeds`: one row per seed directory."""
-    from .sweep import Result, final_accuracies
+    from ..sweep import Result, final_accuracies
 
     rows = [Result(run.path.name, "done", seconds, *final_accuracies(run)) for run in runs]
     console.print(results_table(rows, f"{len(runs)} seeds trained together ({seconds:.0f} s in all)"))
@@ -48,7 +48,7 @@ def sweep_cmd(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if present)."),
 ) -> None:
     """Train every run of a grid not finished yet; a failing run is reported and the others go on."""
-    from .sweep import run_sweep
+    from ..sweep import run_sweep
 
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -57,7 +57,7 @@ def sweep_cmd(
         extra = f" ({r.seconds:.0f} s)" if r.status == "done" else f": {r.error}" if r.error else ""
         console.print(f"[{STYLE[r.status]}]{r.status}[/] {r.name}{extra}", highlight=False)
 
-    results = run_sweep(grid, out, workers=workers, ray_address=ray, device=_device(device), on_result=report)
+    results = run_sweep(grid, out, workers=workers, ray_address=ray, device=check_device(device), on_result=report)
     console.print(results_table(results, f"sweep {grid.name} -> {out}"))
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)

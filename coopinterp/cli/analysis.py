@@ -8,15 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli import app, console, friendly
-from .errors import ConfigError, CoopError
-
-
-def _ints(text: str, option: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from None
+from ..errors import CoopError
+from .common import app, comma_ints, comma_list, console, friendly
 
 
 @app.command("analyze")
@@ -33,14 +26,14 @@ def analyze_cmd(
     recompute: bool = typer.Option(False, "--recompute", help="Ignore cached tables and compute everything again."),
 ) -> None:
     """Compute the tidy per-step metric table (cached per step and analysis under RUN/analysis/)."""
-    from .analysis import analyze
-    from .checkpoints import load_run
-    from .tables import write_table
+    from ..analysis import analyze
+    from ..checkpoints import load_run
+    from ..tables import write_table
 
     run = load_run(run_dir)
-    names = [a.strip() for a in analyses.split(",") if a.strip()] if analyses is not None else None
+    names = comma_list(analyses) if analyses is not None else None
     t0 = time.perf_counter()
-    df = analyze(run, names, steps=_ints(steps, "--steps") if steps is not None else None, n=n, seed=seed,
+    df = analyze(run, names, steps=comma_ints(steps, "--steps") if steps is not None else None, n=n, seed=seed,
                  progress=progress, recompute=recompute)
     out = out or run.path / "analysis" / "table.parquet"
     try:

@@ -1,44 +1,15 @@
-"""The `coopinterp` command line (typer + rich). Bad input gives a one-line error, never a traceback."""
+"""CLI verbs `train`, `info` and `config`: make, extend and inspect runs."""
 from __future__ import annotations
 
-import functools
-import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .errors import CoopError
-
-app = typer.Typer(help="Study how ICL and CIWL circuits form, compete and cooperate across training.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def friendly(fn: Callable) -> Callable:
-    """Turn coopinterp's errors into one-line messages with exit code 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CoopError as e:
-            fail(str(e))
-    return wrapper
-
-
-def _device(device: Optional[str]) -> Optional[str]:
-    if device is not None and device.split(":")[0] not in ("cpu", "cuda"):
-        raise CoopError(f"--device must be cpu or cuda, got {device!r}")
-    return device
+from ..errors import CoopError
+from .common import app, check_device, console, fail, friendly
 
 
 @app.command("train")
@@ -54,18 +25,18 @@ def train_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train a run (resumable: the same command continues an interrupted run)."""
-    from .config import RunConfig, preset as get_preset
-    from .train import TrainingInterrupted, default_device, train
+    from ..config import RunConfig, preset as get_preset
+    from ..train import TrainingInterrupted, default_device, train
 
     rc = RunConfig.from_json(config) if config else get_preset(preset)
     overrides = {k: v for k, v in (("seed", seed), ("steps", steps)) if v is not None}
     if overrides:
         rc = rc.replace(train=overrides)
-    device = _device(device) or default_device()
+    device = check_device(device) or default_device()
     t0 = time.perf_counter()
     if seeds is not None:
-        from .cli_sweep import print_seed_runs
-        from .multiseed import parse_seeds, train_seeds
+        from .sweep import print_seed_runs
+        from ..multiseed import parse_seeds, train_seeds
 
         if seed is not None:
             raise CoopError("give --seed or --seeds, not both")
@@ -88,7 +59,7 @@ def train_cmd(
 @friendly
 def info_cmd(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Show a run's config, checkpoint steps and final evaluator table."""
-    from .checkpoints import load_run
+    from ..checkpoints import load_run
 
     run = load_run(run_dir)
     cfg = run.config
@@ -101,7 +72,7 @@ def info_cmd(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None
 
 
 def _print_final_metrics(run) -> None:
-    from .errors import CheckpointError
+    from ..errors import CheckpointError
 
     try:
         m = run.metrics
@@ -120,28 +91,26 @@ def _print_final_metrics(run) -> None:
     console.print(table)
 
 
-def main() -> None:
-    """Entry point: usage errors (bad flag, missing option) become one line too."""
-    from typer.exceptions import TyperException
+@app.command("config")
+@friendly
+def config_cmd(
+    source: Optional[Path] = typer.Argument(None, help="A run directory or run.json (default: the --preset)."),
+    preset: str = typer.Option("demo", help="Preset to export when no SOURCE is given: paper, demo or tiny."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON here (default: print it)."),
+) -> None:
+    """Export a bare RunConfig JSON (from a run or a preset), to edit and pass to `train --config`."""
+    from ..config import RunConfig, preset as get_preset
+    from ..tables import atomic_path
 
-    try:
-        code = app(standalone_mode=False)
-    except typer.Abort:
-        err_console.print("[bold red]error:[/] aborted")
-        sys.exit(130)
-    except TyperException as e:  # typer's vendored click errors: UsageError, BadParameter, ...
-        ctx = getattr(e, "ctx", None)
-        hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
-        message = e.format_message() if hasattr(e, "format_message") else str(e)
-        if message:
-            err_console.print(f"[bold red]error:[/] {message}{hint}", highlight=False, soft_wrap=True)
-        sys.exit(getattr(e, "exit_code", 2))
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-# Subcommands live in their own modules and register on `app` when imported.
-from . import cli_minimal  # noqa: E402,F401
-from . import cli_analysis  # noqa: E402,F401
-from . import cli_ablate  # noqa: E402,F401
-from . import cli_sweep  # noqa: E402,F401
-from . import cli_plots  # noqa: E402,F401
+    if source is None:
+        rc = get_preset(preset)
+    else:
+        rc = RunConfig.from_json(source / "run.json" if source.is_dir() else source)
+    if out is None:
+        print(rc.to_json())
+        return
+    if out.exists():
+        raise CoopError(f"{out} exists; choose another --out (nothing is overwritten)")
+    with atomic_path(out) as tmp:
+        tmp.write_text(rc.to_json() + "\n")
+    console.print(f"wrote {out}", highlight=False)
