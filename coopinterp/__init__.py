@@ -1,17 +1,34 @@
-"""coopinterp: watch in-context learning and in-weights circuits form, compete and cooperate across training."""
-__version__ = "0.1.0"
+"""coopinterp: watch in-context learning and in-weights circuits form, compete and cooperate across training.
 
-from .checkpoints import Run, load_run  # noqa: E402
-from .config import ModelConfig, RunConfig, TaskConfig, TrainConfig, preset  # noqa: E402
-from .errors import CheckpointError, ConfigError, CoopError  # noqa: E402
-from .model import CoopModel  # noqa: E402
-from .task import EVALUATORS, Batch, make_batch  # noqa: E402
-from .train import train  # noqa: E402
-from .analysis import analyze  # noqa: E402
-from .legacy import import_tl_checkpoints  # noqa: E402
-from .minimal import run_minimal, summarize_minimal  # noqa: E402
-from .multiseed import train_seeds  # noqa: E402
+The public names below load on first use (PEP 562), so that `import coopinterp` and the command line start fast:
+torch and transformer-lens are imported only by the code that needs them.
+"""
+from __future__ import annotations
 
-__all__ = ["Run", "load_run", "RunConfig", "TaskConfig", "ModelConfig", "TrainConfig", "preset", "CoopError",
-           "ConfigError", "CheckpointError", "CoopModel", "EVALUATORS", "Batch", "make_batch", "train",
-           "analyze", "import_tl_checkpoints", "run_minimal", "summarize_minimal", "train_seeds"]
+import importlib
+
+__version__ = "0.2.0"
+
+_PUBLIC = {
+    "Run": "checkpoints", "load_run": "checkpoints",
+    "RunConfig": "config", "TaskConfig": "config", "ModelConfig": "config", "TrainConfig": "config",
+    "preset": "config",
+    "CoopError": "errors", "ConfigError": "errors", "CheckpointError": "errors",
+    "CoopModel": "model",
+    "EVALUATORS": "task", "Batch": "task", "make_batch": "task",
+    "train": "train", "analyze": "analysis", "import_tl_checkpoints": "legacy",
+    "run_minimal": "minimal", "summarize_minimal": "minimal", "train_seeds": "multiseed",
+}
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'coopinterp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

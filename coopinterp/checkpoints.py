@@ -90,6 +90,18 @@ def list_checkpoints(run_dir: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
 
 
+def check_headers(run_dir: Path, steps: list[int]) -> None:
+    """Every checkpoint's safetensors header is whole (cheap: no tensor is read, torch is not needed); a truncated
+    or damaged file is a one-line CheckpointError naming it."""
+    for step in steps:
+        path = checkpoint_path(run_dir, step)
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                f.metadata()
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
+
+
 @dataclass
 class Run:
     """A training run on disk: its config, checkpoint steps, logged metrics, and models per step."""
@@ -130,6 +142,14 @@ class Run:
         while len(self._models) > self.cache_size:
             self._models.popitem(last=False)
         return model
+
+    def verify(self) -> None:
+        """Load every checkpoint into the model (names, shapes) and check its weights are finite."""
+        for step in self.steps:
+            bad = [k for k, v in self.model(step).weights().items() if not torch.isfinite(v).all()]
+            if bad:
+                raise CheckpointError(f"checkpoint {checkpoint_path(self.path, step)} holds non-finite values in "
+                                      f"{', '.join(bad[:3])}")
 
     @cached_property
     def metrics(self) -> pd.DataFrame:

@@ -19,8 +19,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.config import TransformerBridgeConfig
-from transformer_lens.model_bridge import TransformerBridge
 
 from .config import ModelConfig, TaskConfig
 from .errors import CheckpointError
@@ -29,7 +27,12 @@ from .task import Batch
 WEIGHT_VIEWS = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "b_O", "W_U", "b_U", "QK", "OV")
 
 
-def _boot(task: TaskConfig, cfg: ModelConfig) -> TransformerBridge:
+def _boot(task: TaskConfig, cfg: ModelConfig) -> nn.Module:
+    # transformer-lens is imported here, when the first model is built: importing it costs seconds, which
+    # commands that only read run directories (`info`, `plot` from a table) should not pay.
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
     bridge_cfg = TransformerBridgeConfig(
         n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model, d_head=cfg.d_head,
         attn_only=True, normalization_type="LN", d_vocab=task.labels, n_ctx=task.seq_len,

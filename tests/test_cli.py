@@ -31,5 +31,19 @@ def test_train_then_info(tmp_path):
     out = tmp_path / "run"
     r = cli("train", "--preset", "tiny", "--out", str(out), "--steps", "40", "--device", "cpu", "--no-progress")
     assert r.returncode == 0, r.stderr
-    r = cli("info", str(out))
+    r = cli("info", str(out), "--check")
     assert r.returncode == 0 and "evaluators at step 40" in r.stdout and "ciwl" in r.stdout
+    assert "verified: all" in r.stdout
+    last = sorted((out / "checkpoints").iterdir())[-1]
+    last.write_bytes(last.read_bytes()[:-100])  # truncated: `info` must notice without --check
+    r = cli("info", str(out))
+    assert r.returncode == 2 and f"checkpoint {last} is corrupt or truncated" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help_and_info_do_not_import_transformer_lens(tmp_path):
+    code = ("import sys, coopinterp.cli as c; sys.argv = ['coopinterp', '--help']\n"
+            "try:\n    c.main()\nexcept SystemExit:\n    pass\n"
+            "print('TL', 'transformer_lens' in sys.modules, 'torch', 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "TL False torch False" in r.stdout, r.stdout[-300:]

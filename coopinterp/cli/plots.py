@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import pandas as pd
 import typer
 
 from ..errors import CheckpointError, CoopError
@@ -15,7 +14,7 @@ FORMATS = ("html", "png")
 
 
 def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
-                progress: bool) -> tuple[pd.DataFrame, Optional[pd.DataFrame], Optional[dict], str]:
+                progress: bool) -> tuple:  # (DataFrame, DataFrame | None, dict | None, str); pandas loads lazily
     """(table, logged metrics or None, run config or None, name) from a run directory or a table file.
 
     A run is analysed with `analyze` (cached per step under RUN/analysis/, so only new steps cost time).

@@ -52,33 +52,44 @@ def train_cmd(
         fail(str(e), code=130)
     console.print(f"trained [bold]{rc.name}[/] -> {run.path} ({len(run.steps)} checkpoints, "
                   f"{time.perf_counter() - t0:.0f} s on {device})")
-    _print_final_metrics(run)
+    _print_final_metrics(run.path)
 
 
 @app.command("info")
 @friendly
-def info_cmd(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
-    """Show a run's config, checkpoint steps and final evaluator table."""
-    from ..checkpoints import load_run
+def info_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    check: bool = typer.Option(False, "--check", help="Also load every checkpoint into the model and check that "
+                                                      "its weights are finite (slower; builds models)."),
+) -> None:
+    """Show a run's config, checkpoint steps (headers verified) and final evaluator table."""
+    from ..checkpoints import check_headers, list_checkpoints, load_run, read_run_config
 
-    run = load_run(run_dir)
-    cfg = run.config
-    console.print(f"[bold]{run.path}[/]  ({cfg.name})")
+    if not run_dir.is_dir():
+        raise CoopError(f"run directory not found: {run_dir}")
+    cfg = read_run_config(run_dir)
+    steps = list_checkpoints(run_dir)
+    check_headers(run_dir, steps)
+    console.print(f"[bold]{run_dir}[/]  ({cfg.name})")
     for section in ("task", "model", "train"):
         fields = ", ".join(f"{k}={v}" for k, v in cfg.to_dict()[section].items())
         console.print(f"  [cyan]{section}[/]: {fields}", highlight=False)
-    console.print(f"  [cyan]checkpoints[/] ({len(run.steps)}): {', '.join(map(str, run.steps))}", highlight=False)
-    _print_final_metrics(run)
+    shown = ", ".join(map(str, steps)) if steps else "none (a metrics-only run)"
+    console.print(f"  [cyan]checkpoints[/] ({len(steps)}): {shown}", highlight=False)
+    if check and steps:
+        load_run(run_dir).verify()
+        console.print(f"  verified: all {len(steps)} checkpoints load into the model and are finite", highlight=False)
+    _print_final_metrics(run_dir)
 
 
-def _print_final_metrics(run) -> None:
-    from ..errors import CheckpointError
+def _print_final_metrics(run_dir: Path) -> None:
+    from ..tables import read_table
 
-    try:
-        m = run.metrics
-    except CheckpointError as e:
-        console.print(f"  ({e})")
+    path = run_dir / "metrics.parquet"
+    if not path.is_file():
+        console.print(f"  (no metrics.parquet in {run_dir})")
         return
+    m = read_table(path)
     m = m[m.analysis == "behavior"]
     last = m[m.step == m.step.max()]
     table = Table(title=f"evaluators at step {int(last.step.max())}")
