@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -47,3 +48,15 @@ def test_help_and_info_do_not_import_transformer_lens(tmp_path):
             "print('TL', 'transformer_lens' in sys.modules, 'torch', 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "TL False torch False" in r.stdout, r.stdout[-300:]
+
+
+@pytest.mark.parametrize("env, threads", [({}, 1), ({"COOPINTERP_THREADS": "2"}, 2), ({"OMP_NUM_THREADS": "2"}, 2),
+                                          ({"COOPINTERP_THREADS": "1", "OMP_NUM_THREADS": "2"}, 1)])
+def test_thread_policy(env, threads):
+    """One thread and passive OpenMP waits by default (threads.py), whether torch loads before or after coopinterp."""
+    base = {k: v for k, v in os.environ.items() if k not in ("COOPINTERP_THREADS", "OMP_NUM_THREADS",
+                                                              "OMP_WAIT_POLICY")}
+    for order in ("import coopinterp, torch", "import torch, coopinterp"):
+        r = subprocess.run([sys.executable, "-c", f"{order}, os; print(torch.get_num_threads(), "
+                            "os.environ['OMP_WAIT_POLICY'])"], capture_output=True, text=True, env={**base, **env})
+        assert r.stdout.split() == [str(threads), "PASSIVE"], (order, r.stdout, r.stderr[-300:])
