@@ -75,7 +75,7 @@ def verdict(ok: bool, claim: str, numbers: str) -> str:
 
 
 def save(fig: go.Figure, out: Path, name: str) -> None:
-    """HTML always; PNG when a browser for kaleido is there (a one-line note otherwise)."""
+    """HTML always; PNG when kaleido can make it (a one-line note otherwise)."""
     out.mkdir(parents=True, exist_ok=True)
     write_html(fig, out / f"{name}.html")
     try:

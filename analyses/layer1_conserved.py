@@ -14,7 +14,7 @@ from common import N, choose, parse, save, verdict
 import coopinterp as ci
 from coopinterp.analysis import eval_batches
 from coopinterp.analysis.grafting import graft_in, graft_out
-from coopinterp.train import evaluate
+from coopinterp.training import evaluate
 from coopinterp.plots import layer1_figure
 
 

@@ -19,7 +19,7 @@ _PUBLIC = {
     "CoopError": "errors", "ConfigError": "errors", "CheckpointError": "errors",
     "CoopModel": "model",
     "EVALUATORS": "task", "Batch": "task", "make_batch": "task",
-    "train": "train", "analyze": "analysis", "import_tl_checkpoints": "legacy",
+    "train": "training", "analyze": "analysis", "import_tl_checkpoints": "legacy",
     "run_minimal": "minimal", "summarize_minimal": "minimal", "train_seeds": "multiseed",
 }
 __all__ = list(_PUBLIC)

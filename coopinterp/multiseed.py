@@ -1,6 +1,6 @@
 """Many seeds in one process: S independent models trained at once as stacked `[S, ...]` tensors.
 
-Seed s follows the single-seed recipe of train.py: CoopModel(task, model, seed=s) init, its own data
+Seed s follows the single-seed recipe of training.py: CoopModel(task, model, seed=s) init, its own data
 generator seeded with s, Adam on its own slice (Adam is elementwise, so one Adam over stacked tensors is S
 Adams), the same forgetting re-inits. Every seed writes OUT/seed_{s}/ in exactly the single-seed format
 (run.json, checkpoints, metrics.parquet, state), going through one template CoopModel, so a seed directory
@@ -26,7 +26,7 @@ from .config import RunConfig
 from .errors import ConfigError
 from .model import CoopModel
 from .task import Batch, accuracy, loss, sample_train
-from .train import Results, forget_generator, resolve_device, run_loop
+from .training import Results, forget_generator, resolve_device, run_loop
 
 EVAL_FLOATS = 2**25  # evaluate seeds in chunks whose logits stay under ~128 MB
 
@@ -89,7 +89,7 @@ def stacked_logits(w: dict[str, Tensor], n_heads: int, eps: float, exemplars: Fl
 class SeedStack:
     """S models of one config as stacked tensors keyed by checkpoint names, one Adam over them, and one
     template CoopModel through which each seed's checkpoints and resume state are written in the
-    single-seed format. A `train.Learner`."""
+    single-seed format. A `training.Learner`."""
 
     def __init__(self, config: RunConfig, seeds: list[int], device: str):
         self.config, self.seeds, self.device = config, seeds, device
@@ -98,7 +98,7 @@ class SeedStack:
         per_seed = [CoopModel(task, mcfg, seed=s).weights() for s in seeds]
         names = {v.data_ptr(): k for k, v in self.shell.weights().items()}
         shell_params = [p for p in self.shell.parameters() if p.requires_grad]
-        self.param_names = [names[p.data_ptr()] for p in shell_params]  # the optimizer's order, as in train.py
+        self.param_names = [names[p.data_ptr()] for p in shell_params]  # the optimizer's order, as in training.py
         self.w = {k: torch.stack([ws[k] for ws in per_seed]).to(device).requires_grad_(k in self.param_names)
                   for k in per_seed[0]}
         self.opt = torch.optim.Adam([self.w[k] for k in self.param_names], lr=config.train.lr, fused=True)
@@ -150,7 +150,7 @@ class SeedStack:
 
     @torch.no_grad()
     def forget(self, step: int) -> None:
-        """train.SingleSeed.forget for every seed: re-draw each seed's forgotten embedding, zero its Adam state."""
+        """training.SingleSeed.forget for every seed: re-draw each seed's forgotten embedding, zero its Adam state."""
         target = self.config.train.forget_target
         names = ["exemplar_embed.weight", "exemplar_embed.bias"] if target == "exemplar" else ["embed.weight"]
         for j, s in enumerate(self.seeds):
@@ -192,7 +192,7 @@ class SeedStack:
 
     @torch.no_grad()
     def evaluate(self, batches: dict[str, Batch]) -> list[Results]:
-        """train.evaluate for every seed, with one host sync at the end."""
+        """training.evaluate for every seed, with one host sync at the end."""
         out: dict[str, dict[str, list[Tensor]]] = {name: {"acc": [], "loss": []} for name in batches}
         for name, batch in batches.items():
             chunk = max(1, EVAL_FLOATS // (len(batch) * self.config.task.labels))

@@ -457,19 +457,30 @@ def write_html(fig: go.Figure, path: str | Path) -> Path:
     return path
 
 
+PNG_HELP = "PNG needs kaleido 0.2.1 (it ships its own Chromium): pip install 'kaleido==0.2.1'"
+
+
 def write_pngs(figs: dict[str, go.Figure], out_dir: str | Path, scale: float = 2.0) -> list[Path]:
-    """One PNG per figure via kaleido, sharing one headless Chrome (needs Chrome or Chromium installed)."""
+    """One PNG per figure through kaleido, each written atomically.
+
+    kaleido 0.2.1 brings its own headless Chromium inside the pip wheel, so PNGs need no system browser (the
+    kaleido 1.x that plotly 6+ requires drives a system Chrome, which pip cannot install). A failure is one
+    CoopError that names the fix; callers that can go on without PNGs warn and continue.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png" for name in figs]
-    static = [_static(fig) for fig in figs.values()]
-    try:
-        pio.write_images(static, paths, scale=scale, width=[int(f.layout.width or 1100) for f in static],
-                         height=[int(f.layout.height or 450) for f in static])
-    except Exception as e:  # kaleido and choreographer raise many types when the browser is missing or dies
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise CoopError(f"PNG export failed ({type(e).__name__}: {first}); it needs Chrome or Chromium: "
-                        "`apt-get install chromium` (or set BROWSER_PATH to a Chrome binary)") from None
+    paths = []
+    for name, fig in figs.items():
+        static, path = _static(fig), out_dir / f"{name}.png"
+        try:
+            image = pio.to_image(static, format="png", scale=scale, width=int(static.layout.width or 1100),
+                                 height=int(static.layout.height or 450), engine="kaleido")
+        except Exception as e:  # a missing or broken kaleido raises ValueError, RuntimeError, OSError, ...
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CoopError(f"PNG export failed ({type(e).__name__}: {first}); {PNG_HELP}") from None
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(image)
+        paths.append(path)
     return paths
 
 

@@ -112,7 +112,7 @@ def run_one(config: dict[str, Any], run_dir: str, device: str | None = None, thr
     """Train one run (a pool or Ray worker's entry point); any failure becomes a `failed` Result."""
     import torch
 
-    from .train import train
+    from .training import train
 
     torch.set_num_threads(threads)
     cfg = RunConfig.from_dict(config)

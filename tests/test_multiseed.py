@@ -7,7 +7,7 @@ import torch
 import coopinterp as ci
 from coopinterp.checkpoints import load_tensors
 from coopinterp.multiseed import SeedStack, parse_seeds, seed_dir, stacked_logits, train_seeds
-from coopinterp.train import TrainingInterrupted
+from coopinterp.training import TrainingInterrupted
 
 
 @pytest.fixture(scope="module")

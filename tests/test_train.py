@@ -9,7 +9,7 @@ import torch
 
 import coopinterp as ci
 from coopinterp.checkpoints import load_tensors
-from coopinterp.train import TrainingInterrupted, checkpoint_schedule
+from coopinterp.training import TrainingInterrupted, checkpoint_schedule
 
 
 def test_tiny_run_learns(tiny_run):
@@ -43,7 +43,7 @@ def test_resume_is_bit_identical(tmp_path, tiny_config, monkeypatch):
     whole = ci.train(cfg, tmp_path / "whole", progress=False, device="cpu")
 
     # Interrupt at step 57 through a KeyboardInterrupt from inside the loop, then resume.
-    tr = importlib.import_module("coopinterp.train")
+    tr = importlib.import_module("coopinterp.training")
     real = tr.sample_train
     calls = {"n": 0}
     def flaky(*a, **k):

@@ -154,7 +154,7 @@ def graft_cmd(
 ) -> None:
     """Every evaluator's acc for the recipient, the donor, and the recipient with the donor's groups grafted in."""
     from ..analysis.grafting import graft
-    from ..train import evaluate
+    from ..training import evaluate
 
     run, step, model, batches = _load(run_dir, step, n, seed)
     donor_run, donor_step, donor_model, _ = _load(donor, donor_step, n, seed)

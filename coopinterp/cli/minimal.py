@@ -1,28 +1,14 @@
 """CLI verb `minimal`: the minimal coopetition model."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import typer
 
-from .common import app, choices, console, err_console, friendly
+from .common import app, choices, console, friendly
+from .plots import write_pngs_or_warn
 
 FORMATS = ("html", "png", "csv")
-
-
-def _write_png(fig, path: Path) -> bool:
-    """PNG through kaleido, which needs Chromium; without them, warn in one line and skip."""
-    if importlib.util.find_spec("kaleido") is None:
-        err_console.print(f"[yellow]warning:[/] kaleido is not installed; skipped {path}", highlight=False)
-        return False
-    try:
-        fig.write_image(path, width=1000, height=800)
-    except Exception as e:  # kaleido reports a missing or broken Chromium with several exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        err_console.print(f"[yellow]warning:[/] PNG export failed ({first}); skipped {path}", highlight=False)
-        return False
-    return True
 
 
 @app.command("minimal")
@@ -50,8 +36,8 @@ def minimal_cmd(
         if "html" in formats:
             fig.write_html(out / "minimal.html", include_plotlyjs=True)
             written.append(out / "minimal.html")
-        if "png" in formats and _write_png(fig, out / "minimal.png"):
-            written.append(out / "minimal.png")
+        if "png" in formats:
+            written += write_pngs_or_warn({"minimal": fig}, out)
     s = summarize_minimal(df)
     overtakes = "never" if s.ciwl_overtakes_step is None else f"at step {s.ciwl_overtakes_step}"
     divot = ("none" if s.l2_divot_step is None

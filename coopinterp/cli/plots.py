@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import CheckpointError, CoopError
-from .common import app, choices, comma_list, console, friendly
+from .common import app, choices, comma_list, console, err_console, friendly
 
 FORMATS = ("html", "png")
 
@@ -42,6 +42,17 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
     raise CoopError(f"{source} is neither a run directory nor a .parquet/.csv table")
 
 
+def write_pngs_or_warn(figs: dict, out: Path, scale: float = 2.0) -> list[Path]:
+    """PNGs of `figs`, or none with a one-line warning saying how to get them (the command goes on)."""
+    from .. import plots
+
+    try:
+        return plots.write_pngs(figs, out, scale=scale)
+    except CoopError as e:
+        err_console.print(f"[yellow]warning:[/] no PNGs written: {e}", highlight=False, soft_wrap=True)
+        return []
+
+
 def _report_skipped(skipped: dict[str, str]) -> None:
     for name, why in skipped.items():
         console.print(f"  [yellow]skipped[/] {name}: {why}", highlight=False)
@@ -52,7 +63,7 @@ def _report_skipped(skipped: dict[str, str]) -> None:
 def plot_cmd(
     source: Path = typer.Argument(..., help="Run directory, or a table (.parquet/.csv) from `coopinterp analyze`."),
     out: Path = typer.Option(..., "--out", help="Folder for the figures (created)."),
-    format: str = typer.Option("html,png", "--format", help="Comma-separated: html (offline), png (needs Chromium)."),
+    format: str = typer.Option("html,png", "--format", help="Comma-separated: html (offline), png."),
     analyses: Optional[str] = typer.Option(None, "--analyses", help="Analyses to compute for a run (default: all)."),
     x: str = typer.Option("step", "--x", help="x axis of over-training figures: step or seqs_seen."),
     scale: float = typer.Option(2.0, "--scale", help="PNG pixels per layout pixel."),
@@ -78,7 +89,7 @@ def plot_cmd(
         if "html" in formats:
             written += [plots.write_html(fig, out / f"{fig_name}.html") for fig_name, fig in figs.items()]
         if "png" in formats:
-            written += plots.write_pngs(figs, out, scale=scale)
+            written += write_pngs_or_warn(figs, out, scale)
     except OSError as e:
         raise CoopError(f"cannot write to {out}: {e.strerror or e}") from None
     console.print(f"{len(written)} files ({len(figs)} figures of [bold]{name}[/], {', '.join(formats)}) -> {out} "

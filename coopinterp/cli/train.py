@@ -26,7 +26,7 @@ def train_cmd(
 ) -> None:
     """Train a run (resumable: the same command continues an interrupted run)."""
     from ..config import RunConfig, preset as get_preset
-    from ..train import TrainingInterrupted, default_device, train
+    from ..training import TrainingInterrupted, default_device, train
 
     rc = RunConfig.from_json(config) if config else get_preset(preset)
     overrides = {k: v for k, v in (("seed", seed), ("steps", steps)) if v is not None}
