@@ -239,6 +239,16 @@ def test_analyze_rows_complete_and_cached(run_copy, monkeypatch):
     pd.testing.assert_frame_equal(again, df)
 
 
+def test_analyze_with_workers_equals_one_process(run_copy, tmp_path):
+    serial = ci.analyze(run_copy, ["behavior", "clamping"], n=32, progress=False)
+    shutil.rmtree(run_copy.path / "analysis")
+    parallel = ci.analyze(run_copy, ["behavior", "clamping"], n=32, progress=False, workers=2)
+    pd.testing.assert_frame_equal(parallel, serial)
+    assert (run_copy.path / "analysis" / "clamping").is_dir()  # the workers filled the cache
+    with pytest.raises(ci.ConfigError, match="workers must be >= 1"):
+        ci.analyze(run_copy, ["behavior"], progress=False, workers=0)
+
+
 def test_analyze_computes_only_new_steps_and_analyses(run_copy, monkeypatch):
     calls = _counting(monkeypatch)
     ci.analyze(run_copy, ["behavior"], steps=run_copy.steps[:2], n=32, progress=False)

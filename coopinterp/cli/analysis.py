@@ -24,6 +24,8 @@ def analyze_cmd(
                                        "(default: RUN/analysis/table.parquet)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     recompute: bool = typer.Option(False, "--recompute", help="Ignore cached tables and compute everything again."),
+    workers: int = typer.Option(1, "--workers", help="Checkpoints analysed at once, one process each "
+                                                     "(use the number of free cores)."),
 ) -> None:
     """Compute the tidy per-step metric table (cached per step and analysis under RUN/analysis/)."""
     from ..analysis import analyze
@@ -34,7 +36,8 @@ def analyze_cmd(
     names = comma_list(analyses) if analyses is not None else None
     t0 = time.perf_counter()
     df = analyze(run, names, steps=comma_ints(steps, "--steps") if steps is not None else None, n=n, seed=seed,
-                 progress=progress, recompute=recompute)
+                 progress=progress, recompute=recompute,
+                 workers=workers)
     out = out or run.path / "analysis" / "table.parquet"
     try:
         write_table(df, out)
