@@ -166,17 +166,41 @@ def summarize_minimal(df: pd.DataFrame, run: str | None = None) -> MinimalSummar
 
 
 def minimal_figure(df: pd.DataFrame):
-    """Plotly figure: strategy strengths, the mechanisms' losses, and vector norms against step."""
-    import plotly.express as px
+    """The minimal model in the house style: strategy strengths, the mechanisms' losses and the vector norms
+    against step, one legend per panel, the ICL peak and the CIWL overtake marked."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    panels = {"icl_strength": "strength", "ciwl_strength": "strength", "loss_L1": "loss", "loss_L2": "loss",
-              "loss": "loss", "norm_a": "norm", "norm_d": "norm"}
-    sub = df[df["metric"].isin(list(panels))].copy()
-    sub["panel"] = sub["metric"].map(panels)
-    multi = sub["run"].nunique() > 1
-    fig = px.line(sub, x="step", y="value", color="metric", line_dash="run" if multi else None,
-                  facet_row="panel", category_orders={"panel": ["strength", "loss", "norm"]}, height=800,
-                  title="Minimal coopetition model: ICL (a-path) rises then fades as CIWL (d-path) takes over")
-    fig.update_yaxes(matches=None, title_text="")
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
-    return fig
+    from .plots import TEMPLATE, Phase, _panel_legend, mark_phases
+
+    panels = [("strategy strength", {"icl_strength": "ICL (a-path)", "ciwl_strength": "CIWL (d-path)"}),
+              ("loss", {"loss_L1": "L1 (ICL task)", "loss_L2": "L2 (CIWL task)", "loss": "total L"}),
+              ("vector norm", {"norm_a": "|a|", "norm_d": "|d|"})]
+    colors = {"icl_strength": "#1f77b4", "ciwl_strength": "#d62728", "loss_L1": "#1f77b4", "loss_L2": "#d62728",
+              "loss": "#444444", "norm_a": "#1f77b4", "norm_d": "#d62728"}
+    runs = list(dict.fromkeys(df["run"]))
+    dashes = dict(zip(runs, ("solid", "dash", "dot", "dashdot", "longdash")))
+    fig = make_subplots(len(panels), 1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[title for title, _ in panels])
+    for row, (title, metrics) in enumerate(panels, start=1):
+        for metric, name in metrics.items():
+            for run in runs:
+                g = df[(df["metric"] == metric) & (df["run"] == run)].sort_values("step")
+                label = name if len(runs) == 1 else f"{name}, {run}"
+                fig.add_trace(go.Scatter(x=g["step"], y=g["value"], name=label, mode="lines",
+                                         legend="legend" if row == 1 else f"legend{row}",
+                                         line=dict(color=colors[metric], dash=dashes.get(run, "solid")),
+                                         hovertemplate=f"{label}<br>step %{{x}}<br>%{{y:.3f}}<extra></extra>"),
+                              row=row, col=1)
+        fig.update_yaxes(title_text=title, row=row, col=1)
+    fig.update_xaxes(title_text="gradient-descent step", row=len(panels), col=1)
+    fig.update_layout(title=dict(text="Minimal coopetition model: ICL (a-path) rises, then fades as CIWL (d-path) "
+                                      "takes over", y=0.98, yanchor="top"),
+                      template=TEMPLATE, height=850, margin=dict(t=90, l=70, r=150, b=60))
+    for row, (title, _) in enumerate(panels, start=1):
+        _panel_legend(fig, "legend" if row == 1 else f"legend{row}", "y" if row == 1 else f"y{row}", title)
+    s = summarize_minimal(df, runs[0])
+    marks = [Phase("icl_peak", s.icl_peak_step, s.icl_peak_step, f"ICL peak ({s.icl_peak:.2f})")]
+    if s.ciwl_overtakes_step is not None:
+        marks.append(Phase("ciwl_overtakes", s.ciwl_overtakes_step, s.ciwl_overtakes_step, "CIWL overtakes ICL"))
+    return mark_phases(fig, marks, "step", index=float)

@@ -29,7 +29,7 @@ from .phases import accuracy_curves, find_phases
 from .tables import atomic_path
 
 EVALUATOR_COLORS = {"train": "#444444", "icl": "#1f77b4", "ciwl": "#d62728", "flip": "#9467bd", "iwl": "#2ca02c"}
-HEAD_COLORS = qualitative.D3
+HEAD_COLORS = qualitative.Dark24  # 16 heads, 16 distinct colours: a head keeps its colour in every figure
 HEAD_AXIS = "head (L0 = paper's Layer 1)"
 ICL_EMERGED = 0.6  # in-context chance is 0.5: below this ICL never emerged and has no peak to mark
 TEMPLATE = "plotly_white"
@@ -193,16 +193,28 @@ def behavior_figure(table: pd.DataFrame, metric: str = "acc", x: str = "step",
     return mark_phases(fig, marks, x)
 
 
+def head_color(layer: int, head: int, n_heads: int = 8) -> str:
+    return HEAD_COLORS[(layer * n_heads + head) % len(HEAD_COLORS)]
+
+
 def _head_lines(fig: go.Figure, rows: pd.DataFrame, x: str, row: int, col: int, show_legend: bool,
-                y_hover: str, dash_by_layer: bool = False) -> None:
+                y_hover: str, dash_by_layer: bool = False, legend: str = "legend") -> None:
+    n_heads = int(rows["head"].max()) + 1 if len(rows) else 8
     for (layer, head), g in rows.groupby(["layer", "head"], sort=True):
         label = head_label(int(layer), int(head))
         fig.add_trace(go.Scatter(x=g[x], y=g.value, name=label, legendgroup=label, showlegend=show_legend,
-                                 mode="lines+markers", marker=dict(size=4),
-                                 line=dict(color=HEAD_COLORS[int(head) % len(HEAD_COLORS)],
+                                 legend=legend, mode="lines+markers", marker=dict(size=4),
+                                 line=dict(color=head_color(int(layer), int(head), n_heads),
                                            dash="dot" if dash_by_layer and int(layer) == 0 else None),
                                  hovertemplate=f"{label}<br>{x} %{{x}}<br>{y_hover} %{{y:.3f}}<extra></extra>"),
                       row=row, col=col)
+
+
+def _panel_legend(fig: go.Figure, name: str, yaxis: str, title: str) -> None:
+    """A legend beside one subplot (plotly >= 5.15 lays out several legends): each panel names its own lines."""
+    top = _domain_top(fig, yaxis)
+    fig.update_layout({name: dict(x=1.01, xanchor="left", y=top, yanchor="top", title_text=title,
+                                  font=dict(size=10), tracegroupgap=0, groupclick="toggleitem")})
 
 
 def attention_figure(table: pd.DataFrame, layer: int, metrics: Sequence[str], titles: Sequence[str],
@@ -247,17 +259,22 @@ def circuit_figure(table: pd.DataFrame, x: str = "step", behavior_table: pd.Data
     titles = ["evaluator accuracy"] + [t for _, _, t in panels]
     fig = make_subplots(len(titles), 1, shared_xaxes=True, vertical_spacing=0.045, subplot_titles=titles)
     for trace in behavior_figure(behavior_table, x=x, marks=[]).data:
-        fig.add_trace(trace.update(legendgroup="evaluators", legendgrouptitle_text="evaluator"), row=1, col=1)
+        fig.add_trace(trace, row=1, col=1)
     rows = select(table, "attention")
+    legends = ["legend2", "legend3", "legend3"]  # one legend per panel; both layer-1 panels share theirs
     for i, (metric, layer, _) in enumerate(panels):
         part = _positive(select(rows, "attention", metric=metric, layer=layer), x)
-        _head_lines(fig, part, x, i + 2, 1, show_legend=i < 2, y_hover=metric)
+        _head_lines(fig, part, x, i + 2, 1, show_legend=i < 2, y_hover=metric, legend=legends[i])
     fig.update_xaxes(type="log")
     fig.update_xaxes(title=_x_title(x), row=len(titles), col=1)
     fig.update_yaxes(title="accuracy", range=[0, 1.02], row=1, col=1)
     for r in range(2, len(titles) + 1):
         fig.update_yaxes(title="attention weight", row=r, col=1)
-    _layout(fig, "Circuit evolution: behavior and attention signatures over training", height=1000)
+    _layout(fig, "Circuit evolution: behavior and attention signatures over training", height=1050)
+    fig.update_layout(margin=dict(r=140))
+    _panel_legend(fig, "legend", "y", "evaluator")
+    _panel_legend(fig, "legend2", "y2", "layer-0 head")
+    _panel_legend(fig, "legend3", "y3", "layer-1 head")
     return mark_phases(fig, phases(behavior_table), x)
 
 
@@ -312,21 +329,20 @@ def ablation_figure(table: pd.DataFrame, evaluators: Sequence[str] = ("icl", "ci
     rows = _positive(select(table, "ablation", metric=metric, component=mode), x)
     clean = _clean(table, metric)
     unit = "accuracy" if metric == "acc" else "loss (nats)"
-    fig = make_subplots(1, len(evaluators), shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=list(evaluators))
+    fig = make_subplots(1, len(evaluators), horizontal_spacing=0.07, subplot_titles=list(evaluators))
     for i, ev in enumerate(evaluators):
         part = select(rows, "ablation", evaluator=ev).copy()
         delta = clean is not None and ev in clean
         if delta:
             part["value"] = part.value.to_numpy() - clean[ev].reindex(part.step).to_numpy()
         _head_lines(fig, part, x, 1, i + 1, show_legend=i == 0, y_hover=f"Δ{metric}" if delta else metric,
-                    dash_by_layer=True)
+                    dash_by_layer=True)  # each panel keeps its own y range: no head's line is clipped
     fig.update_xaxes(type="log", title=_x_title(x))
     y = f"change in {unit} (ablated − clean)" if clean is not None else f"{unit} with the head ablated"
     fig.update_yaxes(title=y, row=1, col=1)
     fig.add_hline(y=0, line=dict(color="black", width=0.8))
-    _layout(fig, f"Head ablation ({mode}), one head at a time: effect on {metric} per evaluator")
-    fig.update_layout(legend_title_text=HEAD_AXIS + "<br>dotted: layer 0")
+    _layout(fig, f"Head ablation ({mode}), one head at a time: effect on {metric} per evaluator", height=560)
+    fig.update_layout(legend_title_text="head (dotted: layer 0)", legend_font_size=10)
     return mark_phases(fig, phases(table) if marks is None else marks, x)
 
 
@@ -345,9 +361,12 @@ def _matrix_slider(fig: go.Figure, steps: Sequence[int], per_step: int, marks: S
         visible = [j // per_step == i for j in range(len(fig.data))]
         label = f"{step:,}" + (f" (≈ {nearest[step]})" if step in nearest else "")
         slider_steps.append(dict(method="restyle", args=[{"visible": visible}], label=label))
+    # Open (and export as a still) at the checkpoint nearest the last phase mark: the circuit there is the one
+    # the figure is about; the last checkpoint may show a saturated, blank matrix.
+    shown = max(i for i, step in enumerate(steps) if step in nearest) if nearest else len(steps) - 1
     for j, trace in enumerate(fig.data):
-        trace.visible = j // per_step == len(steps) - 1
-    fig.update_layout(sliders=[dict(active=len(steps) - 1, steps=slider_steps, pad=dict(t=60),
+        trace.visible = j // per_step == shown
+    fig.update_layout(sliders=[dict(active=shown, steps=slider_steps, pad=dict(t=60),
                                      currentvalue=dict(prefix="training step: "))])
     return fig
 

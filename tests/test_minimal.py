@@ -73,7 +73,10 @@ def test_bad_arguments_raise():
 def test_figure_has_both_strategies(short_run):
     fig = minimal_figure(short_run)
     names = {t.name for t in fig.data}
-    assert {"icl_strength", "ciwl_strength", "loss_L1", "loss_L2"} <= names
+    assert {"ICL (a-path)", "CIWL (d-path)", "L1 (ICL task)", "L2 (CIWL task)", "|a|", "|d|"} <= names
+    assert {t.legend for t in fig.data} == {"legend", "legend2", "legend3"}  # a legend per panel
+    assert [a.text for a in fig.layout.annotations if "ICL peak" in a.text or "overtakes" in a.text]  # phase marks
+    assert all(fig.layout[f"yaxis{i}"].title.text for i in ("", "2", "3"))
 
 
 def test_cli_writes_table_and_html(tmp_path):
