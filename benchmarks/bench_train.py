@@ -4,7 +4,7 @@
 
 Variants (same preset, batch and model):
   eager    hooked TL forward through the bridge (`CoopModel.__call__`) + torch.optim.Adam (default implementation)
-  fast     train.py's step: `fast_logits` + fused Adam, batches drawn on the device
+  fast     training.py's step: `fast_logits` + fused Adam, batches drawn on the device
   stack S  multiseed.SeedStack: S models as stacked tensors, batched matmuls, one fused Adam
   --compile adds the fast and stacked forwards under torch.compile (compile time reported separately).
 Variants run interleaved in rounds so that a changing background load hits all of them alike; warm-up
@@ -18,6 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import loadavg
 from rich.console import Console
 from rich.table import Table
 
@@ -25,14 +26,6 @@ from coopinterp.config import preset
 from coopinterp.model import CoopModel
 from coopinterp.multiseed import SeedStack, stacked_logits
 from coopinterp.task import sample_train
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def single_step(config, device: str, hooked: bool, compiled: bool):

@@ -1,0 +1,102 @@
+"""The whole-run analysis against its floor: what the analyses must compute, what this machine computes per
+second, and how long `analyze` takes from scratch.
+
+    python benchmarks/bench_floor.py [RUN] [--workers 1,2] [--busy]
+
+The floor: nearly all of the time is the unembedding of every intervened query (each row: a 64 x labels matmul
+and a log-sum-exp over the labels, for the loss). The script counts those rows on one checkpoint (wrapping
+`Engine.score`), measures this machine's fp32 and bf16 matmul rate and exp rate on blocks of the same shape, and
+reports floor = rows x (matmul + exp) / rate for the whole run, per core and for the cores used; then it times
+`analyze` from scratch (a copy of the run without its cache) with each worker count and prints the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import busy_neighbour, loadavg
+
+import coopinterp as ci
+from coopinterp.analysis import ANALYSES, engine, eval_batches
+from coopinterp.analysis import _compute as compute_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def count_rows(run: ci.Run, step: int, n: int) -> int:
+    """Unembedded rows of one checkpoint's analyses (`Engine.score` calls), plus the clean forwards' queries."""
+    seen = {"rows": 0}
+    score = engine.Engine.score
+
+    def counting(self, hidden, batch):
+        seen["rows"] += hidden.numel() // hidden.shape[-1]
+        return score(self, hidden, batch)
+
+    engine.Engine.score = counting
+    try:
+        batches = eval_batches(run.config.task, n, 0)
+        for name in ANALYSES:
+            compute_rows(run, step, name, batches)
+    finally:
+        engine.Engine.score = score
+    return seen["rows"] + len(batches) * n
+
+
+def rates(d_model: int, labels: int, block: int = 40, repeats: int = 400) -> dict[str, float]:
+    """Rows per second of the unembedding matmul (fp32, bf16) and of exp over the labels, on cache-sized blocks."""
+    x, w = torch.randn(block, d_model), torch.randn(d_model, labels)
+    out = {}
+    for name, (a, b) in {"fp32": (x, w), "bf16": (x.bfloat16(), w.bfloat16())}.items():
+        for _ in range(20):
+            a @ b
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        out[f"matmul {name}"] = block * repeats / (time.perf_counter() - t0)
+    logits = x @ w
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        logits.exp()
+    out["exp fp32"] = block * repeats / (time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", nargs="?", type=Path, default=REPO / "checkpoints" / "demo")
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--busy", action="store_true", help="time beside a busy neighbour")
+    args = ap.parse_args()
+    run = ci.load_run(args.run)
+    cfg = run.config
+    print(f"load before: {loadavg()}; threads per process: {torch.get_num_threads()}")
+    rows = count_rows(run, run.steps[-1], args.n)
+    total = rows * len(run.steps)
+    r = rates(cfg.model.d_model, cfg.task.labels)
+    flops = 2 * cfg.model.d_model * cfg.task.labels
+    print(f"{rows:,} unembedded rows per checkpoint x {len(run.steps)} checkpoints = {total:,} rows; "
+          f"{total * flops / 1e12:.1f} TFLOP of unembedding and {total * cfg.task.labels / 1e9:.0f} G exps")
+    for name, rate in r.items():
+        extra = f" ({rate * flops / 1e9:.0f} GFLOP/s)" if name.startswith("matmul") else ""
+        print(f"  one core: {rate:,.0f} rows/s {name}{extra}")
+    per_core = total / r["matmul fp32"] + total / r["exp fp32"]
+    print(f"floor (fp32 matmul + exp, one core): {per_core:.0f} s; on 2 cores: {per_core / 2:.0f} s")
+    for workers in (int(w) for w in args.workers.split(",")):
+        with tempfile.TemporaryDirectory() as tmp, busy_neighbour(args.busy):
+            copy = Path(tmp) / run.name
+            shutil.copytree(run.path, copy, ignore=shutil.ignore_patterns("analysis", "state"))
+            t0 = time.perf_counter()
+            ci.analyze(ci.load_run(copy), n=args.n, progress=False, workers=workers)
+            seconds = time.perf_counter() - t0
+        floor = per_core / min(workers, 2)
+        print(f"analyze from scratch, {workers} worker(s){' beside a busy neighbour' if args.busy else ''}: "
+              f"{seconds:.0f} s = {seconds / floor:.1f} x the floor for {min(workers, 2)} core(s)")
+
+
+if __name__ == "__main__":
+    main()
