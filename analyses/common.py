@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,15 @@ def choose(run_dir: Path, steps: list[int]) -> Chosen:
     state = next((s for s in after if flip_at(s) <= CIWL_STATE_FLIP), None)
     return Chosen(icl_peak=min(steps, key=lambda s: abs(s - peak)), ciwl_state=state or steps[-1],
                   ciwl_state_reached=state is not None, final=steps[-1])
+
+
+def analyze(run, analyses: list[str], steps: list[int], n: int = N, progress: bool = False):
+    """`coopinterp.analyze` that reads the run's own cache but writes new tables to a temporary folder, never into
+    the (shipped) run."""
+    import coopinterp as ci
+
+    return ci.analyze(run, analyses, steps=steps, n=n, progress=progress,
+                      cache_dir=Path(tempfile.gettempdir()) / "coopinterp-analyses" / run.name)
 
 
 def verdict(ok: bool, claim: str, numbers: str) -> str:

@@ -8,7 +8,7 @@ accuracy is >= .8 at s = 1 and <= .2 at s = 0. The number of layer-1 heads that 
 reported."""
 from __future__ import annotations
 
-from common import N, choose, parse, verdict
+from common import N, analyze, choose, parse, verdict
 
 import coopinterp as ci
 from coopinterp.analysis.clamping import copier_sweep
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parse(__doc__, argv)
     run = ci.load_run(args.run)
     at = choose(args.run, run.steps)
-    table = ci.analyze(run, ["attention"], steps=[at.ciwl_state], n=N, progress=False)
+    table = analyze(run, ["attention"], steps=[at.ciwl_state], n=N, progress=False)
     skip = table[(table.layer == 1) & (table.metric == "skip_trigram_score")].set_index("head").value
     head = int(skip.idxmax())
     model = run.model(at.ciwl_state)

@@ -249,6 +249,18 @@ def test_analyze_with_workers_equals_one_process(run_copy, tmp_path):
         ci.analyze(run_copy, ["behavior"], progress=False, workers=0)
 
 
+def test_cache_dir_reads_the_runs_cache_and_writes_elsewhere(run_copy, tmp_path, monkeypatch):
+    step = run_copy.steps[-1]
+    ci.analyze(run_copy, ["behavior"], steps=[step], n=32, progress=False)  # the run's own cache
+    shipped = sorted(p for p in (run_copy.path / "analysis").rglob("*") if p.is_file())
+    calls = _counting(monkeypatch)
+    elsewhere = tmp_path / "cache"
+    ci.analyze(run_copy, ["behavior", "attention"], steps=[step], n=32, progress=False, cache_dir=elsewhere)
+    assert calls == [(step, "attention")]  # behavior came from the run's cache
+    assert sorted(p for p in (run_copy.path / "analysis").rglob("*") if p.is_file()) == shipped
+    assert (elsewhere / "attention").is_dir() and not (elsewhere / "behavior").exists()
+
+
 def test_analyze_computes_only_new_steps_and_analyses(run_copy, monkeypatch):
     calls = _counting(monkeypatch)
     ci.analyze(run_copy, ["behavior"], steps=run_copy.steps[:2], n=32, progress=False)

@@ -181,32 +181,39 @@ def _file_hash(path: Path) -> str:
 
 
 class _Cache:
-    """Per-(step, analysis) tables under RUN/analysis/; keyed so that a stale file is never served."""
+    """Per-(step, analysis) tables under RUN/analysis/ (or `cache_dir`); keyed so that a stale file is never served.
 
-    def __init__(self, run: Run, n: int, seed: int):
+    With a `cache_dir`, tables are written there and read from there first, then from RUN/analysis/: a shipped
+    run's own cache is used but never written to.
+    """
+
+    def __init__(self, run: Run, n: int, seed: int, cache_dir: str | Path | None = None):
         self.run, self.n, self.seed = run, n, seed
         self.config_hash = hashlib.sha256(run.config.to_json().encode()).hexdigest()[:16]
+        self.root = Path(cache_dir) if cache_dir is not None else run.path / "analysis"
+        self.roots = list(dict.fromkeys([self.root, run.path / "analysis"]))
         self.writable = True
 
-    def path(self, step: int, analysis: str) -> Path:
-        return self.run.path / "analysis" / analysis / f"step_{step:09d}.n{self.n}.seed{self.seed}.parquet"
+    def path(self, step: int, analysis: str, root: Path | None = None) -> Path:
+        return (root or self.root) / analysis / f"step_{step:09d}.n{self.n}.seed{self.seed}.parquet"
 
     def step_key(self, step: int) -> dict[str, str]:
         return {"n": str(self.n), "seed": str(self.seed), "config": self.config_hash,
                 "checkpoint": _file_hash(checkpoint_path(self.run.path, step))}
 
     def get(self, step: int, analysis: str, key: dict[str, str]) -> pd.DataFrame | None:
-        path = self.path(step, analysis)
-        if not path.is_file():
-            return None
-        try:
-            df = read_table(path)
-        except CoopError:
-            return None
-        if df.attrs.get("cache_key") != key:
-            return None
-        df["run"] = self.run.name  # the run may have been renamed or copied since
-        return df
+        for root in self.roots:
+            path = self.path(step, analysis, root)
+            if not path.is_file():
+                continue
+            try:
+                df = read_table(path)
+            except CoopError:
+                continue
+            if df.attrs.get("cache_key") == key:
+                df["run"] = self.run.name  # the run may have been renamed or copied since
+                return df
+        return None
 
     def put(self, step: int, analysis: str, key: dict[str, str], df: pd.DataFrame) -> None:
         if not self.writable:
@@ -217,8 +224,8 @@ class _Cache:
             write_table(df, self.path(step, analysis))
         except OSError as e:
             self.writable = False
-            warnings.warn(f"cannot write the analysis cache under {self.run.path / 'analysis'} ({e}); "
-                          "continuing without caching", stacklevel=3)
+            warnings.warn(f"cannot write the analysis cache under {self.root} ({e}); continuing without caching",
+                          stacklevel=3)
 
 
 def _compute(run: Run, step: int, analysis: str, batches: dict[str, Batch]) -> pd.DataFrame:
@@ -244,24 +251,25 @@ def _step_frames(run: Run, step: int, names: list[str], n: int, seed: int, recom
     return frames, batches
 
 
-def _worker_step(path: str, device: str, step: int, names: list[str], n: int, seed: int,
-                 recompute: bool) -> list[pd.DataFrame]:
+def _worker_step(path: str, device: str, step: int, names: list[str], n: int, seed: int, recompute: bool,
+                 cache_dir: str | None) -> list[pd.DataFrame]:
     """`_step_frames` in a worker process (it opens the run itself)."""
     from ..checkpoints import load_run
 
     run = load_run(path, device=device)
     with torch.no_grad():
-        return _step_frames(run, step, names, n, seed, recompute, _Cache(run, n, seed), None)[0]
+        return _step_frames(run, step, names, n, seed, recompute, _Cache(run, n, seed, cache_dir), None)[0]
 
 
 def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequence[int] | None = None,
             n: int = 512, seed: int = 0, progress: bool = True, recompute: bool = False,
-            workers: int = 1) -> pd.DataFrame:
+            workers: int = 1, cache_dir: str | Path | None = None) -> pd.DataFrame:
     """Run `analyses` (default: all in ANALYSES) at `steps` (default: every checkpoint): one tidy frame.
 
     Cached (step, analysis) tables whose key matches are reused (module docstring); `recompute` ignores them.
     `workers` > 1 analyses that many checkpoints at once, each in its own process (one thread each, see
     threads.py): on a machine with that many free cores, the whole run takes about 1/workers of the time.
+    `cache_dir` writes the cache there instead of RUN/analysis/ (which is still read): for runs not to be written.
     """
     names = _names(analyses)
     steps = list(run.steps) if steps is None else list(dict.fromkeys(run.check_step(int(s)) for s in steps))
@@ -269,7 +277,7 @@ def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequen
         raise ConfigError(f"n must be >= 2, got {n}")
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
-    cache = _Cache(run, n, seed)
+    cache = _Cache(run, n, seed, cache_dir)
     bar = Progress(TextColumn("[bold]analyze {task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), disable=not progress)
     per_step: dict[int, list[pd.DataFrame]] = {}
@@ -283,7 +291,8 @@ def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequen
         else:
             # spawn, not fork: a forked child of a process that has run OpenMP code can hang
             with ProcessPoolExecutor(min(workers, len(steps)), mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_worker_step, str(run.path), run.device, step, names, n, seed, recompute): step
+                futures = {pool.submit(_worker_step, str(run.path), run.device, step, names, n, seed, recompute,
+                                       None if cache_dir is None else str(cache_dir)): step
                            for step in steps}
                 for future in as_completed(futures):
                     per_step[futures[future]] = future.result()
