@@ -1,4 +1,5 @@
 """Known-answer tests of the attention, behavior and composition analyses, analyze() and its cache, and the CLI."""
+import dataclasses
 import shutil
 
 import pandas as pd
@@ -285,6 +286,14 @@ def test_stale_or_corrupt_cache_is_recomputed(run_copy, monkeypatch):
     again = ci.analyze(run_copy, ["behavior"], steps=[step], n=32, progress=False)
     assert len(calls) == 4
     pd.testing.assert_frame_equal(again, first)
+
+
+def test_cache_key_follows_task_and_model_not_training_settings(run_copy):
+    key = an._Cache(run_copy, 32, 0).config_hash
+    extended = dataclasses.replace(run_copy, config=run_copy.config.replace(train={"steps": 10 * run_copy.steps[-1]}))
+    assert an._Cache(extended, 32, 0).config_hash == key  # extending a run keeps its cache
+    other = dataclasses.replace(run_copy, config=run_copy.config.replace(task={"eps": 0.9}))
+    assert an._Cache(other, 32, 0).config_hash != key
 
 
 def test_code_version_follows_code_not_docs(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ pattern), and all of analyze() runs under torch.no_grad().
 
 Cache: RUN/analysis/{analysis}/step_{step:09d}.n{n}.seed{seed}.parquet, the table of one (step, analysis).
 Its key rides in the parquet's pandas attrs (pandas >= 2.1 stores them): the analysis, n, seed, a hash of the
-run config, of the checkpoint file, and of the code that computes the analysis (`code_version`: the analysis
+task and model config, of the checkpoint file, and of the code that computes the analysis (`code_version`: the analysis
 module and every coopinterp module it imports, transitively, as syntax trees without docstrings, so an edit to
 the code invalidates the cache while an edit to a comment or docstring does not). A file whose key differs, or
 that cannot be read, is recomputed and replaced; `recompute=True` ignores every cached file. A run directory that
@@ -21,26 +21,22 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import json
 import multiprocessing as mp
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
-from jaxtyping import Float
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from torch import Tensor
-from transformer_lens.utilities import get_act_name
 
 from ..checkpoints import Run, checkpoint_path
-from ..config import TaskConfig
 from ..errors import ConfigError, CoopError
-from ..model import CoopModel
 from ..tables import concat, read_table, table, write_table
-from ..task import EVALUATORS, Batch, make_batch
+from ..task import Batch
+from .forwards import CleanRun, clean_run, eval_batches, shared_forwards
 
 ANALYSES: dict[str, str] = {
     "behavior": "coopinterp.analysis.behavior",
@@ -51,54 +47,6 @@ ANALYSES: dict[str, str] = {
     "clamping": "coopinterp.analysis.clamping",
     "paper_checks": "coopinterp.analysis.paper_checks",
 }
-
-
-def eval_batches(task: TaskConfig, n: int, seed: int, device: str = "cpu") -> dict[str, Batch]:
-    """One batch per evaluator, each analysis reads the ones it needs; drawn on the CPU, so that every device
-    sees the same sequences."""
-    return {ev: make_batch(task, ev, n, seed=seed + i).to(device) for i, ev in enumerate(EVALUATORS)}
-
-
-class CleanRun(NamedTuple):
-    """What one clean (unintervened) forward of a batch gives every analysis."""
-
-    logits: Float[Tensor, "n labels"]
-    patterns: Float[Tensor, "layer n head q_pos k_pos"]
-
-
-_memo: dict[tuple[int, int], tuple[CoopModel, Batch, CleanRun]] | None = None
-
-
-@contextmanager
-def shared_forwards() -> Iterator[None]:
-    """Inside the block, `clean_run` runs each (model, batch) forward once; analyses must not edit weights."""
-    global _memo
-    outer = _memo
-    _memo = {} if outer is None else outer
-    try:
-        yield
-    finally:
-        _memo = outer
-
-
-def _query_only(resid: Float[Tensor, "n pos d_model"], hook) -> Float[Tensor, "n 1 d_model"]:
-    # Only the query's logits are read; unembedding one position instead of all (12,800 labels) is ~2.5x faster.
-    return resid[:, -1:]
-
-
-@torch.no_grad()
-def clean_run(model: CoopModel, batch: Batch) -> CleanRun:
-    """Query logits and every layer's attention pattern from one hooked forward (memoised in `shared_forwards`)."""
-    key = (id(model), id(batch))
-    if _memo is not None and key in _memo:
-        return _memo[key][2]
-    names = [get_act_name("pattern", layer) for layer in range(model.cfg.n_layers)]
-    with model.bridge.hooks(fwd_hooks=[("unembed.hook_in", _query_only)]):
-        logits, cache = model.run_with_cache(batch, names_filter=names)
-    out = CleanRun(logits, torch.stack([cache[name] for name in names]))
-    if _memo is not None:
-        _memo[key] = (model, batch, out)  # holding model and batch keeps their ids from being reused
-    return out
 
 
 def _names(analyses: str | Sequence[str] | None) -> list[str]:
@@ -189,7 +137,10 @@ class _Cache:
 
     def __init__(self, run: Run, n: int, seed: int, cache_dir: str | Path | None = None):
         self.run, self.n, self.seed = run, n, seed
-        self.config_hash = hashlib.sha256(run.config.to_json().encode()).hexdigest()[:16]
+        # The task (which sequences are drawn) and the model (its shape) decide an analysis; the training settings
+        # do not, so extending a run (train.steps) keeps its cache.
+        config = {k: v for k, v in run.config.to_dict().items() if k in ("task", "model")}
+        self.config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
         self.root = Path(cache_dir) if cache_dir is not None else run.path / "analysis"
         self.roots = list(dict.fromkeys([self.root, run.path / "analysis"]))
         self.writable = True

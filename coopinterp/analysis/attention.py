@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..model import CoopModel
 from ..task import Batch
-from . import clean_run
+from .forwards import clean_run
 
 Patterns = Float[Tensor, "layer n head q_pos k_pos"]
 

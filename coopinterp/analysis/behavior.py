@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..model import CoopModel
 from ..task import Batch, accuracy, loss
-from . import clean_run
+from .forwards import clean_run
 
 
 def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
