@@ -199,15 +199,19 @@ def render(explorer: Explorer, step: int, heads: tuple[Head, ...], mode: str) ->
     return results_table(clean, ablated), curves, attention
 
 
-def make_app(explorer: Explorer) -> dash.Dash:
-    """The Dash app: step slider, mode picker, head grid, results table, attention grid and curves."""
+def make_app(explorer: Explorer, step: int | None = None, heads: Sequence[Head] = ()) -> dash.Dash:
+    """The Dash app: step slider, mode picker, head grid, results table, attention grid and curves; it opens at
+    checkpoint `step` (default: the last) with `heads` ticked."""
     run, cfg = explorer.run, explorer.cfg
+    start = run.steps.index(run.check_step(step)) if step is not None else len(run.steps) - 1
+    ticked = {layer: [f"{layer}.{h}" for at, h in explorer.heads([f"{a}.{b}" for a, b in heads]) if at == layer]
+              for layer in range(cfg.n_layers)}
     app = dash.Dash(__name__, title=f"coopinterp: {run.name}")
     marks = {i: {"label": f"{s:,}", "style": {"fontSize": "10px", "whiteSpace": "nowrap"}}
              for i, s in enumerate(run.steps)}
     head_grid = [html.Div([html.Span(f"layer {layer}" + (" (paper's Layer 1)" if layer == 0 else ""),
                                      style={"display": "inline-block", "width": "200px"}),
-                           dcc.Checklist(id=f"heads-{layer}", value=[], inline=True,
+                           dcc.Checklist(id=f"heads-{layer}", value=ticked[layer], inline=True,
                                          options=[{"label": plots.head_label(layer, h), "value": f"{layer}.{h}"}
                                                   for h in range(cfg.n_heads)],
                                          inputStyle={"marginRight": "3px"},
@@ -219,7 +223,7 @@ def make_app(explorer: Explorer) -> dash.Dash:
         html.Div(f"{len(run.steps)} checkpoints; evaluator batches of {len(explorer.batches['train'])} sequences; "
                  "ablated heads are replaced at every position (zero, batch mean, or another sequence's value)."),
         html.Div([html.B("training step"), dcc.Slider(id="step", min=0, max=len(run.steps) - 1, step=None,
-                                                       value=len(run.steps) - 1, marks=marks)],
+                                                       value=start, marks=marks)],
                  style={"margin": "16px 0"}),
         html.Div([html.B("ablation mode "), dcc.RadioItems(id="mode", options=list(MODES), value="mean", inline=True,
                                                             style={"display": "inline-block"})]),
@@ -242,6 +246,7 @@ def make_app(explorer: Explorer) -> dash.Dash:
     return app
 
 
-def serve(run: Run, host: str = "127.0.0.1", port: int = 8050, n: int = 256) -> None:
+def serve(run: Run, host: str = "127.0.0.1", port: int = 8050, n: int = 256, step: int | None = None,
+          heads: Sequence[Head] = ()) -> None:
     """Run the app's development server (bound to localhost unless told otherwise)."""
-    make_app(Explorer(run, n=n)).run(host=host, port=port, debug=False)
+    make_app(Explorer(run, n=n), step, heads).run(host=host, port=port, debug=False)

@@ -10,6 +10,7 @@ from werkzeug.serving import make_server
 
 from coopinterp.analysis.ablation import ablate, all_heads
 from coopinterp.app import Explorer, make_app, position_labels, render
+from coopinterp.errors import CheckpointError
 from coopinterp.errors import ConfigError
 from coopinterp.task import accuracy, loss
 
@@ -122,3 +123,11 @@ def test_toggling_a_head_changes_the_shown_accuracy(explorer, tiny_run, browser,
     finally:
         server.shutdown()
         thread.join(5)
+
+
+def test_app_opens_at_a_chosen_step_with_heads_ticked(explorer, tiny_run):
+    app = make_app(explorer, step=tiny_run.steps[1], heads=[(0, 1), (1, 2)])
+    found = {c.id: c.value for c in app.layout._traverse() if getattr(c, "id", None) in ("step", "heads-0", "heads-1")}
+    assert found == {"step": 1, "heads-0": ["0.1"], "heads-1": ["1.2"]}
+    with pytest.raises(CheckpointError, match="no checkpoint at step 7"):
+        make_app(explorer, step=7)

@@ -129,13 +129,19 @@ def app_cmd(
     port: int = typer.Option(8050, "--port", help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
     n: int = typer.Option(256, "--n", help="Sequences per evaluator batch."),
+    step: Optional[int] = typer.Option(None, "--step", help="Checkpoint to open at (default: the last)."),
+    heads: Optional[str] = typer.Option(None, "--heads", help="Heads ticked at start, e.g. 0.3,1.5."),
 ) -> None:
     """Interactive head-ablation explorer in the browser (Dash): step slider, head grid, live evaluator table."""
+    from ..analysis.engine import parse_heads
     from ..app import serve
     from ..checkpoints import load_run
 
     if not 0 < port < 65536:
         raise CoopError(f"--port must be in 1-65535, got {port}")
     run = load_run(run_dir)
+    if step is not None:
+        run.check_step(step)
+    ticked = parse_heads(heads, run.config.model) if heads else []
     console.print(f"serving [bold]{run.name}[/] on http://{host}:{port}/ (Ctrl+C to stop)", highlight=False)
-    serve(run, host=host, port=port, n=n)
+    serve(run, host=host, port=port, n=n, step=step, heads=ticked)
