@@ -18,7 +18,7 @@ def _check(cond: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """The synthetic exemplar-label task (DESIGN, "The task")."""
+    """The synthetic exemplar-label task (docs/reference.md, "The task")."""
 
     n_classes: int = 12_800
     n_labels: int | None = None  # None: one label per class (L = K); else k -> k mod L
@@ -69,7 +69,7 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The paper's 2-layer attention-only transformer (DESIGN, "The model")."""
+    """The paper's 2-layer attention-only transformer (docs/reference.md, "The model")."""
 
     n_layers: int = 2
     n_heads: int = 8

@@ -1,4 +1,4 @@
-"""The minimal coopetition model (DESIGN, "The minimal coopetition model"; paper section 5).
+"""The minimal coopetition model (the paper's section 5).
 
 Two rank-1 "mechanisms" share the vectors b, c: mechanism 1 ("ICL") fits a*⊗b*⊗c* with a⊗b⊗c,
 mechanism 2 ("CIWL") fits d*⊗b*⊗c* with d⊗b⊗c, and a cost alpha·|a⊗d|² makes them compete:

@@ -1,4 +1,4 @@
-"""The tidy per-step metric table (DESIGN, "Per-step metric table"): schema, construction, atomic I/O."""
+"""The tidy per-step metric table (docs/reference.md, "The table"): schema, construction, atomic I/O."""
 from __future__ import annotations
 
 import os

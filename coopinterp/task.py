@@ -172,7 +172,7 @@ def _sample(task: TaskConfig, evaluator: str, n: int, gen: torch.Generator, hold
 
 def make_batch(task: TaskConfig, evaluator: str, n: int = 512, seed: int = 0, holdout: bool = False,
                device: torch.device | str = "cpu") -> Batch:
-    """A deterministic batch of `n` sequences for one evaluator (DESIGN, "Evaluators")."""
+    """A deterministic batch of `n` sequences for one evaluator (docs/reference.md, "Evaluators")."""
     if n < 1:
         raise ConfigError(f"batch size n must be >= 1, got {n}")
     if holdout and task.holdout_classes == 0:

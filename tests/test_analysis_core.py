@@ -164,7 +164,7 @@ def test_behavior_rows_are_task_accuracy_and_loss(tiny_run, batches):
 # --- composition -----------------------------------------------------------------------------------------
 
 def _dense_scores(m: ci.CoopModel, mode: str) -> torch.Tensor:
-    """DESIGN's formula on dense per-head matrices, layer 0 -> layer 1: [src_head, dst_head]."""
+    """The composition formula on dense per-head matrices, layer 0 -> layer 1: [src_head, dst_head]."""
     ov = m.W_V[0] @ m.W_O[0]
     dst = {"q": m.W_Q[1] @ m.W_K[1].transpose(-1, -2), "k": m.W_K[1] @ m.W_Q[1].transpose(-1, -2),
            "v": m.W_V[1] @ m.W_O[1]}[mode]

@@ -1,4 +1,4 @@
-"""Attention-pattern scores of every head (DESIGN, "Per-step metric table"; A = pattern averaged over the batch).
+"""Attention-pattern scores of every head (docs/reference.md, "Metrics"; A = pattern averaged over the batch).
 
 - `prev_token_score` (train batch): mean over label positions p of A[p, p-1].
 - `self_score` (train batch): mean over label positions p of A[p, p].

@@ -1,4 +1,4 @@
-"""In-context accuracy and query loss of each evaluator batch (DESIGN, "Evaluators")."""
+"""In-context accuracy and query loss of each evaluator batch (docs/reference.md, "Evaluators")."""
 from __future__ import annotations
 
 from ..model import CoopModel

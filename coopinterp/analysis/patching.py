@@ -1,4 +1,4 @@
-"""Path patching (DESIGN, "Per-step metric table"): sender layer-0 heads -> receiver layer-1 heads, through one input.
+"""Path patching (docs/reference.md, "Metrics"): sender layer-0 heads -> receiver layer-1 heads, through one input.
 
 A sender group's output (`hook_result` of its layer-0 heads) is replaced (batch mean per position by default,
 zero, resample, or its value on a counterfactual batch) in the residual stream that feeds only the receivers'
