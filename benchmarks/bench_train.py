@@ -57,6 +57,37 @@ def stack_step(config, device: str, n_seeds: int, compiled: bool):
     return stack.train_step
 
 
+def step_floor(config) -> dict[str, float]:
+    """A demo step's floor on this core, in ms: Adam's memory traffic and the unembedding's matmuls.
+
+    Fused Adam reads parameter, gradient and both moments and writes parameter and moments: 7 float32 passes over
+    every trainable parameter. The unembedding (the only large matmul) costs 3 matmuls of [batch, d_model] x
+    [d_model, labels] per step (forward, input gradient, weight gradient). Both rates are measured here.
+    """
+    model = CoopModel(config.task, config.model)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    big = torch.randn(32 * 2**20 // 4)  # 32 MB: beyond the caches
+    dst = torch.empty_like(big)
+    for _ in range(3):
+        dst.copy_(big)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        dst.copy_(big)
+    bandwidth = 20 * 2 * big.numel() * 4 / (time.perf_counter() - t0)  # bytes read + written per second
+    B, d, L = config.train.batch_size, config.model.d_model, config.task.labels
+    x, w = torch.randn(B, d), torch.randn(d, L)
+    for _ in range(10):
+        x @ w
+    t0 = time.perf_counter()
+    for _ in range(200):
+        x @ w
+    flops = 200 * 2 * B * d * L / (time.perf_counter() - t0)
+    adam_ms = 7 * n_params * 4 / bandwidth * 1e3
+    unembed_ms = 3 * 2 * B * d * L / flops * 1e3
+    return {"params": n_params, "GB/s": bandwidth / 1e9, "GFLOP/s": flops / 1e9, "adam ms": adam_ms,
+            "unembed ms": unembed_ms, "floor ms": adam_ms + unembed_ms}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="demo")
@@ -127,6 +158,11 @@ def main() -> None:
     console.print(table)
     console.print(f"load average after: {load_after} (1, 5, 15 min). cpu ms/seed-step is process CPU time, the "
                   "least load-sensitive column with one thread; wall-clock columns include waiting for the CPU.")
+    f = step_floor(config)
+    fast_ms = wall["fast"] / steps * 1e3
+    console.print(f"floor of one step: Adam over {f['params']:,} parameters at {f['GB/s']:.1f} GB/s = "
+                  f"{f['adam ms']:.2f} ms, unembedding at {f['GFLOP/s']:.0f} GFLOP/s = {f['unembed ms']:.2f} ms; "
+                  f"floor {f['floor ms']:.2f} ms, the fast step {fast_ms:.2f} ms = {fast_ms / f['floor ms']:.1f} x")
 
 
 if __name__ == "__main__":
