@@ -361,9 +361,11 @@ def _matrix_slider(fig: go.Figure, steps: Sequence[int], per_step: int, marks: S
         visible = [j // per_step == i for j in range(len(fig.data))]
         label = f"{step:,}" + (f" (≈ {nearest[step]})" if step in nearest else "")
         slider_steps.append(dict(method="restyle", args=[{"visible": visible}], label=label))
-    # Open (and export as a still) at the checkpoint nearest the last phase mark: the circuit there is the one
-    # the figure is about; the last checkpoint may show a saturated, blank matrix.
-    shown = max(i for i, step in enumerate(steps) if step in nearest) if nearest else len(steps) - 1
+    # Open (and export as a still) at the checkpoint nearest the ICL peak, else the first mark: the circuit both
+    # strategies build is in place there, while the last checkpoint may show a saturated, blank matrix.
+    marked = [i for i, step in enumerate(steps) if step in nearest]
+    peak = [i for i in marked if nearest[steps[i]].startswith("ICL peak")]
+    shown = (peak or marked or [len(steps) - 1])[0]
     for j, trace in enumerate(fig.data):
         trace.visible = j // per_step == shown
     fig.update_layout(sliders=[dict(active=shown, steps=slider_steps, pad=dict(t=60),
@@ -509,7 +511,8 @@ def _static(fig: go.Figure) -> go.Figure:
     if fig.layout.sliders:
         slider = fig.layout.sliders[0]
         label = slider.steps[slider.active].label
-        fig.update_layout(sliders=[], title_text=f"{fig.layout.title.text}, step {label}")
+        fig.layout.sliders = ()  # plotly 5's update_layout(sliders=[]) keeps the old slider
+        fig.update_layout(title_text=f"{fig.layout.title.text}, step {label}")
     return fig
 
 

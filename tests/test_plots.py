@@ -140,8 +140,10 @@ def test_composition_slider_shows_one_step_at_a_time(table):
     assert not any("late" in s.label for s in far.steps)  # no checkpoint near it
     visible = slider.steps[1].args[0]["visible"]
     assert sum(visible) == 3 and visible[3:6] == [True] * 3
-    # it opens at the checkpoint nearest the last phase mark (CIWL overtakes, step index 4), not at the end
-    assert [t.visible for t in fig.data].count(True) == 3 and fig.data[3 * 4].visible and slider.active == 4
+    # it opens at the checkpoint nearest the ICL peak (step index 2), not at the end
+    assert [t.visible for t in fig.data].count(True) == 3 and fig.data[3 * 2].visible and slider.active == 2
+    still = plots._static(fig)
+    assert not still.layout.sliders and still.layout.title.text.endswith(f"step {slider.steps[2].label}")
     assert far.active == len(STEPS) - 1  # no mark near a checkpoint: the last one
     assert "random ≈ 0.12" in fig.layout.annotations[0].text
     assert fig.data[0].z[1][1] == 0.5 and fig.data[0].z[0][1] == 0
