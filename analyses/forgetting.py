@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> str:
     runs["plain"] = metrics(args.run)
     acc = {name: accuracy_curves(t, smooth=SMOOTH) for name, t in runs.items()}
     until = read_run_config(INTERVENTIONS / "temporary_forgetting").train.forget_until
-    last = int(min(acc[name].index.max() for name in RUNS))
+    last = int(min(acc[name].index.max() for name in RUNS[:2]))
+    label_last = int(min(last, acc["active_forgetting_label"].index.max()))
     at = lambda name, col, step=last: float(acc[name][col].loc[:step].iloc[-1])  # noqa: E731
     save(icl_curves({k: runs[k] for k in ("plain", *RUNS[:2])}, ("icl", "ciwl", "icl/holdout")), args.out,
          "forgetting")
@@ -35,9 +36,10 @@ def main(argv: list[str] | None = None) -> str:
                    f"plain {at('plain', 'ciwl'):.3f} (plain ICL {at('plain', 'icl'):.3f}); temporary ICL "
                    f"{at('temporary_forgetting', 'icl', until):.3f} at N={until} -> "
                    f"{at('temporary_forgetting', 'icl'):.3f}, CIWL {at('temporary_forgetting', 'ciwl', until):.3f} -> "
-                   f"{at('temporary_forgetting', 'ciwl'):.3f}; label-embedding variant: ICL "
-                   f"{at('active_forgetting_label', 'icl'):.3f}, CIWL {at('active_forgetting_label', 'ciwl'):.3f}, "
-                   f"IWL {at('active_forgetting_label', 'iwl'):.3f} (needs active ICL,held-out>=.8, CIWL<=plain-.1; "
+                   f"{at('temporary_forgetting', 'ciwl'):.3f}; label-embedding variant at step {label_last}: ICL "
+                   f"{at('active_forgetting_label', 'icl', label_last):.3f}, CIWL "
+                   f"{at('active_forgetting_label', 'ciwl', label_last):.3f}, IWL "
+                   f"{at('active_forgetting_label', 'iwl', label_last):.3f} (needs active ICL,held-out>=.8, CIWL<=plain-.1; "
                    "temporary ICL>=.8 at N, CIWL +.1 after N)")
 
 
