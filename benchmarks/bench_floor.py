@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--busy", action="store_true", help="time beside a busy neighbour")
+    ap.add_argument("--checkpoints", type=int, default=None,
+                    help="time only the last K checkpoints and scale to the whole run (default: all)")
     args = ap.parse_args()
     run = ci.load_run(args.run)
     cfg = run.config
@@ -86,16 +88,18 @@ def main() -> None:
         print(f"  one core: {rate:,.0f} rows/s {name}{extra}")
     per_core = total / r["matmul fp32"] + total / r["exp fp32"]
     print(f"floor (fp32 matmul + exp, one core): {per_core:.0f} s; on 2 cores: {per_core / 2:.0f} s")
+    timed_steps = run.steps[-args.checkpoints:] if args.checkpoints else run.steps
     for workers in (int(w) for w in args.workers.split(",")):
         with tempfile.TemporaryDirectory() as tmp, busy_neighbour(args.busy):
             copy = Path(tmp) / run.name
             shutil.copytree(run.path, copy, ignore=shutil.ignore_patterns("analysis", "state"))
             t0 = time.perf_counter()
-            ci.analyze(ci.load_run(copy), n=args.n, progress=False, workers=workers)
-            seconds = time.perf_counter() - t0
+            ci.analyze(ci.load_run(copy), steps=timed_steps, n=args.n, progress=False, workers=workers)
+            seconds = (time.perf_counter() - t0) * len(run.steps) / len(timed_steps)
         floor = per_core / min(workers, 2)
+        scaled = "" if len(timed_steps) == len(run.steps) else f" (timed on {len(timed_steps)} checkpoints, scaled)"
         print(f"analyze from scratch, {workers} worker(s){' beside a busy neighbour' if args.busy else ''}: "
-              f"{seconds:.0f} s = {seconds / floor:.1f} x the floor for {min(workers, 2)} core(s)")
+              f"{seconds:.0f} s{scaled} = {seconds / floor:.1f} x the floor for {min(workers, 2)} core(s)")
 
 
 if __name__ == "__main__":
