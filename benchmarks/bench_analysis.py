@@ -8,7 +8,7 @@ and the largest difference.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_analysis.py [RUN] [--steps 25650] [--n 512]
 
-RUN defaults to runs/demo_eps0.6_s0; its run.json and the chosen checkpoints are copied to a temporary
+RUN defaults to checkpoints/demo; its run.json and the chosen checkpoints are copied to a temporary
 directory first, so a run still training can be measured.
 """
 from __future__ import annotations
@@ -95,7 +95,7 @@ def copy_run(src: Path, steps: list[int] | None, dst: Path) -> ci.Run:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", nargs="?", default="runs/demo_eps0.6_s0")
+    parser.add_argument("run", nargs="?", default="checkpoints/demo")
     parser.add_argument("--steps", default=None, help="comma-separated steps (default: the newest)")
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
