@@ -14,6 +14,7 @@ RUN = typer.Argument(..., help="Run directory.")
 STEP = typer.Option(None, "--step", help="Checkpoint step (default: the newest).")
 N = typer.Option(512, "--n", help="Sequences per evaluator batch.")
 SEED = typer.Option(0, "--seed", help="Seed of the evaluation batches (and of resampling).")
+MODE = typer.Option("mean", "--mode", help="zero | mean | resample.")
 
 
 def _load(run_dir: Path, step: Optional[int], n: int, seed: int):
@@ -50,7 +51,7 @@ def ablate_cmd(
     run_dir: Path = RUN,
     heads: str = typer.Option(..., "--heads", help="Heads to ablate together, LAYER.HEAD, e.g. 0.3,1.5."),
     step: Optional[int] = STEP,
-    mode: str = typer.Option("mean", "--mode", help="zero | mean | resample."),
+    mode: str = MODE,
     n: int = N,
     seed: int = SEED,
 ) -> None:
@@ -77,7 +78,7 @@ def patch_cmd(
     senders: str = typer.Option("all", "--senders", help="Layer-0 sender heads: 'all' or e.g. 0,3."),
     receivers: str = typer.Option("all", "--receivers", help="Layer-1 receiver heads: 'all' or e.g. 2,5."),
     step: Optional[int] = STEP,
-    mode: str = typer.Option("mean", "--mode", help="zero | mean | resample."),
+    mode: str = MODE,
     n: int = N,
     seed: int = SEED,
 ) -> None:
