@@ -78,6 +78,16 @@ def analyze(run, analyses: list[str], steps: list[int], n: int = N, progress: bo
                       cache_dir=Path(tempfile.gettempdir()) / "coopinterp-analyses" / run.name)
 
 
+def attention_over_training(args: argparse.Namespace):
+    """The run, its chosen checkpoints, and its attention table at every checkpoint (`--fast`: the chosen ones)."""
+    import coopinterp as ci
+
+    run = ci.load_run(args.run)
+    at = choose(args.run, run.steps)
+    steps = sorted({at.icl_peak, at.ciwl_state, at.final}) if args.fast else run.steps
+    return run, at, analyze(run, ["attention"], steps=steps)
+
+
 def verdict(ok: bool, claim: str, numbers: str) -> str:
     line = f"{'PASS' if ok else 'FAIL'} {claim}: {numbers}"
     print(line, flush=True)

@@ -6,18 +6,14 @@ Criteria (fixed before the run): the top previous-token head at the ICL peak sco
 state its previous-token score has fallen by >= .2 and its self score risen by >= .2."""
 from __future__ import annotations
 
-from common import N, analyze, choose, parse, save, verdict
+from common import attention_over_training, parse, save, verdict
 
-import coopinterp as ci
 from coopinterp.plots import layer0_figure
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse(__doc__, argv)
-    run = ci.load_run(args.run)
-    at = choose(args.run, run.steps)
-    steps = sorted({at.icl_peak, at.ciwl_state, at.final}) if args.fast else run.steps
-    table = analyze(run, ["attention"], steps=steps, n=N, progress=False)
+    run, at, table = attention_over_training(args)
     layer0 = table[(table.layer == 0) & table.metric.isin(["prev_token_score", "self_score"])]
     score = layer0.pivot_table(index=["step", "head"], columns="metric", values="value")
     head = int(score.loc[at.icl_peak].prev_token_score.idxmax())

@@ -9,9 +9,8 @@ ICL peak scores >= .3 there (forms) and < 0 at the CIWL state (reverses: it atte
 other class, the memorised answer). Graft-in (the ICL-peak layer 1 into the final checkpoint) is reported."""
 from __future__ import annotations
 
-from common import N, analyze, choose, parse, save, verdict
+from common import N, attention_over_training, parse, save, verdict
 
-import coopinterp as ci
 from coopinterp.analysis import eval_batches
 from coopinterp.analysis.grafting import graft_in, graft_out
 from coopinterp.training import evaluate
@@ -20,10 +19,7 @@ from coopinterp.plots import layer1_figure
 
 def main(argv: list[str] | None = None) -> str:
     args = parse(__doc__, argv)
-    run = ci.load_run(args.run)
-    at = choose(args.run, run.steps)
-    steps = sorted({at.icl_peak, at.ciwl_state, at.final}) if args.fast else run.steps
-    table = analyze(run, ["attention"], steps=steps, n=N, progress=False)
+    run, at, table = attention_over_training(args)
     ind = table[(table.layer == 1) & (table.metric == "induction_strength")].pivot_table(
         index="step", columns="head", values="value")
     head = int(ind.loc[at.icl_peak].idxmax())
