@@ -53,10 +53,17 @@ def head_label(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
-def _x_title(x: str) -> str:
-    if x not in ("step", "seqs_seen"):
+X_AXES = ("step", "seqs_seen")
+
+
+def check_x(x: str) -> str:
+    if x not in X_AXES:
         raise CoopError(f"x must be 'step' or 'seqs_seen', got {x!r}")
-    return {"step": "training step", "seqs_seen": "sequences seen"}[x] + " (log scale)"
+    return x
+
+
+def _x_title(x: str) -> str:
+    return {"step": "training step", "seqs_seen": "sequences seen"}[check_x(x)] + " (log scale)"
 
 
 def select(table: pd.DataFrame, analysis: str, **equal: object) -> pd.DataFrame:
@@ -169,7 +176,7 @@ def _layout(fig: go.Figure, title: str, height: int = 450) -> go.Figure:
 
 
 def _positive(rows: pd.DataFrame, x: str) -> pd.DataFrame:
-    return rows[rows[x] > 0].sort_values(x)
+    return rows[rows[check_x(x)] > 0].sort_values(x)
 
 
 def behavior_figure(table: pd.DataFrame, metric: str = "acc", x: str = "step",
@@ -445,6 +452,7 @@ def figures(table: pd.DataFrame, metrics: pd.DataFrame | None = None,
     `metrics` (a run's metrics.parquet, finer-grained) feeds the behavior curves and phase marks when given;
     the table's own behavior rows stay the clean baseline of ablation and path patching (same batches).
     """
+    check_x(x)
     behavior_table = metrics if metrics is not None and (metrics.analysis == "behavior").any() else table
     marks = phases(behavior_table)
     makers: dict[str, Callable[[], go.Figure]] = {

@@ -241,7 +241,8 @@ def test_cli_plot_table_and_errors(tmp_path):
     r = cli("plot", str(path), "--out", str(tmp_path / "o"), "--format", "html")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "o" / "behavior.html").is_file() and "skipped layer0_attention" in r.output
-    for args, message in ((("plot", str(path), "--out", "o", "--format", "gif"), "--format: unknown value(s) gif"),
+    for args, message in ((("plot", str(path), "--out", "o", "--x", "foo"), "--x must be step or seqs_seen"),
+                          (("plot", str(path), "--out", "o", "--format", "gif"), "--format: unknown value(s) gif"),
                           (("plot", str(tmp_path / "none.parquet"), "--out", "o"), "not found"),
                           (("report", str(tmp_path), "--out", "r.html"), "is not a coopinterp run")):
         r = cli(*args)

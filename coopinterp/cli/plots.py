@@ -75,6 +75,8 @@ def plot_cmd(
     from .. import plots
 
     formats = choices(format.lower(), FORMATS, "--format")
+    if x not in plots.X_AXES:
+        raise CoopError(f"--x must be step or seqs_seen, got {x!r}")
     if not 0 < scale <= 8:
         raise CoopError(f"--scale must be in (0, 8], got {scale}")
     t0 = time.perf_counter()
