@@ -104,18 +104,19 @@ def save(fig: go.Figure, out: Path, name: str) -> None:
         print(f"note: {name}.png not written: {e}", file=sys.stderr)
 
 
-def icl_curves(runs: dict[str, pd.DataFrame], evaluators: tuple[str, ...]) -> go.Figure:
+def icl_curves(runs: dict[str, pd.DataFrame], evaluators: tuple[str, ...], title: str) -> go.Figure:
     """Accuracy of some evaluators over training for several runs (one colour per run, dash per evaluator)."""
     fig = go.Figure()
     dashes = dict(zip(evaluators, ("solid", "dash", "dot", "dashdot")))
+    colors = dict(zip(runs, ("#444444", "#1f77b4", "#d62728", "#2ca02c", "#9467bd")))
     for name, table in runs.items():
         acc = table[(table.analysis == "behavior") & (table.metric == "acc")]
         for ev in evaluators:
             g = acc[(acc.evaluator == ev) & (acc.step > 0)].sort_values("step")
             if len(g):
-                fig.add_trace(go.Scatter(x=g.step, y=g.value, name=f"{name}: {ev}", mode="lines",
-                                         legendgroup=name, line=dict(dash=dashes[ev])))
+                fig.add_trace(go.Scatter(x=g.step, y=g.value, name=f"{name}: {ev}", mode="lines", legendgroup=name,
+                                         line=dict(dash=dashes[ev], color=colors[name], width=1.5)))
     fig.update_xaxes(type="log", title="training step (log scale)")
     fig.update_yaxes(title="accuracy", range=[0, 1.02])
-    fig.update_layout(template="plotly_white", height=480)
+    fig.update_layout(template="plotly_white", height=480, title=title)
     return fig

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> str:
     last = int(min(acc[name].index.max() for name in RUNS[:2]))
     label_last = int(min(last, acc["active_forgetting_label"].index.max()))
     at = lambda name, col, step=last: float(acc[name][col].loc[:step].iloc[-1])  # noqa: E731
-    save(icl_curves({k: runs[k] for k in ("plain", *RUNS[:2])}, ("icl", "ciwl", "icl/holdout")), args.out,
+    save(icl_curves({k: runs[k] for k in ("plain", *RUNS[:2])}, ("icl", "ciwl", "icl/holdout"),
+                    "Forgetting the exemplar embedding every 10,000 steps (temporary: until 50,000)"), args.out,
          "forgetting")
     ok = (at("active_forgetting", "icl") >= 0.8 and at("active_forgetting", "icl/holdout") >= 0.8
           and at("active_forgetting", "ciwl") <= at("plain", "ciwl") - 0.1

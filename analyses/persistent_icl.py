@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> str:
     p, m = accuracy_curves(plain, smooth=SMOOTH), accuracy_curves(match, smooth=SMOOTH)
     last = int(min(m.index.max(), p.index.max()))
     at = lambda curves, col: float(curves[col].loc[:last].iloc[-1])  # noqa: E731
-    save(icl_curves({"plain": plain, "match_query": match}, ("icl", "ciwl")), args.out, "persistent_icl")
+    save(icl_curves({"plain": plain, "match_query": match}, ("icl", "ciwl"),
+                    "Persistent ICL: the query is its in-context exemplar (match_query)"), args.out, "persistent_icl")
     ok = at(m, "icl") >= 0.9 and at(m, "icl") >= at(p, "icl") and at(m, "ciwl") <= at(p, "ciwl") - 0.1
     return verdict(ok, "match_query keeps ICL and holds CIWL back",
                    f"at step {last}: ICL match_query {at(m, 'icl'):.3f} vs plain {at(p, 'icl'):.3f}; CIWL "
