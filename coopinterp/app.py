@@ -25,7 +25,7 @@ from transformer_lens.utilities import get_act_name
 from . import plots
 from .analysis import eval_batches
 from .analysis.ablation import ablated_hidden
-from .analysis.engine import Engine, Head, check_mode, replacement
+from .analysis.engine import Engine, Head, check_head, check_mode, replacement
 from .checkpoints import Run
 from .errors import CheckpointError, ConfigError
 from .task import EVALUATORS, Batch
@@ -204,8 +204,8 @@ def make_app(explorer: Explorer, step: int | None = None, heads: Sequence[Head] 
     checkpoint `step` (default: the last) with `heads` ticked."""
     run, cfg = explorer.run, explorer.cfg
     start = run.steps.index(run.check_step(step)) if step is not None else len(run.steps) - 1
-    ticked = {layer: [f"{layer}.{h}" for at, h in explorer.heads([f"{a}.{b}" for a, b in heads]) if at == layer]
-              for layer in range(cfg.n_layers)}
+    chosen = sorted({check_head(head, cfg) for head in heads})
+    ticked = {layer: [f"{layer}.{h}" for at, h in chosen if at == layer] for layer in range(cfg.n_layers)}
     app = dash.Dash(__name__, title=f"coopinterp: {run.name}")
     marks = {i: {"label": f"{s:,}", "style": {"fontSize": "10px", "whiteSpace": "nowrap"}}
              for i, s in enumerate(run.steps)}

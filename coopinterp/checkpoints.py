@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .config import FORMAT_VERSION, READABLE_FORMATS, RunConfig, upgrade
+from .config import FORMAT_VERSION, RunConfig
 from .errors import CheckpointError, ConfigError, CoopError
 from .model import CoopModel
 from .tables import atomic_path, read_table
@@ -42,12 +42,7 @@ def read_run_config(run_dir: Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a coopinterp run: no run.json")
     try:
-        meta = json.loads(path.read_text())
-        version = meta.get("format_version")
-        if version not in READABLE_FORMATS:
-            raise CheckpointError(f"{path} has format_version {version!r}; this coopinterp reads "
-                                  f"{', '.join(map(str, READABLE_FORMATS))}")
-        config = RunConfig.from_dict(upgrade(meta["config"], version))
+        config = RunConfig.from_run_json(json.loads(path.read_text()), path)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is corrupt: {type(e).__name__}: {e}") from None
     except ConfigError as e:

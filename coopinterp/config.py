@@ -159,11 +159,16 @@ class RunConfig:
         """A bare RunConfig JSON, or a run's own run.json (its `config`, read as its format version says)."""
         d = read_json(path, "config")
         if isinstance(d, dict) and "config" in d and "format_version" in d:
-            _check(d["format_version"] in READABLE_FORMATS,
-                   f"{path} has format_version {d['format_version']!r}; this coopinterp reads "
-                   f"{', '.join(map(str, READABLE_FORMATS))}")
-            d = upgrade(d["config"], d["format_version"])
+            return cls.from_run_json(d, path)
         return cls.from_dict(d)
+
+    @classmethod
+    def from_run_json(cls, meta: dict[str, Any], path: str | Path) -> "RunConfig":
+        """The config of a run.json's contents, read as its format version says."""
+        version = meta.get("format_version")
+        _check(version in READABLE_FORMATS,
+               f"{path} has format_version {version!r}; this coopinterp reads {', '.join(map(str, READABLE_FORMATS))}")
+        return cls.from_dict(upgrade(meta["config"], version))
 
     def replace(self, name: str | None = None, **sections: dict[str, Any]) -> "RunConfig":
         """Copy with some fields of `task`, `model`, `train` changed, e.g. replace(train={"lr": 1e-3})."""

@@ -67,11 +67,7 @@ class CoopModel(nn.Module):
         """The paper repo's initialisation (lecun-normal linears, zero biases) or torch's defaults."""
         g = torch.Generator().manual_seed(seed)
         for lin in [self.exemplar_embed, self.bridge.unembed.original_component, *self._attn_linears()]:
-            if self.cfg.init == "paper":
-                nn.init.normal_(lin.weight, std=lin.in_features ** -0.5, generator=g)
-            else:
-                nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5), generator=g)
-            nn.init.zeros_(lin.bias)
+            self._init_linear(lin, g)
         if self.cfg.init == "paper":
             nn.init.uniform_(self.pos_embedding, -(32 ** -0.5), 32 ** -0.5, generator=g)
         else:
@@ -85,15 +81,18 @@ class CoopModel(nn.Module):
     def reset_label_embedding(self, generator: torch.Generator) -> None:
         nn.init.trunc_normal_(self.label_embedding, std=0.02, generator=generator)
 
-    @torch.no_grad()
-    def reset_exemplar_embedding(self, generator: torch.Generator) -> None:
-        """Re-draw the content (exemplar) embedding as at initialisation: forgetting's content reset."""
-        lin = self.exemplar_embed
+    def _init_linear(self, lin: nn.Linear, generator: torch.Generator) -> None:
+        """lecun-normal weight (paper) or torch's default, zero bias."""
         if self.cfg.init == "paper":
             nn.init.normal_(lin.weight, std=lin.in_features ** -0.5, generator=generator)
         else:
             nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(lin.bias)
+
+    @torch.no_grad()
+    def reset_exemplar_embedding(self, generator: torch.Generator) -> None:
+        """Re-draw the content (exemplar) embedding as at initialisation: forgetting's content reset."""
+        self._init_linear(self.exemplar_embed, generator)
 
     def forget_parameters(self, target: str) -> list[nn.Parameter]:
         """The parameters a forgetting reset of `target` ("exemplar" or "label") re-draws."""

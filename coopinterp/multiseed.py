@@ -152,10 +152,11 @@ class SeedStack:
     def forget(self, step: int) -> None:
         """training.SingleSeed.forget for every seed: re-draw each seed's forgotten embedding, zero its Adam state."""
         target = self.config.train.forget_target
-        names = ["exemplar_embed.weight", "exemplar_embed.bias"] if target == "exemplar" else ["embed.weight"]
+        own = self.shell.weights()
+        forgotten = {p.data_ptr() for p in self.shell.forget_parameters(target)}
+        names = [k for k, v in own.items() if v.data_ptr() in forgotten]
         for j, s in enumerate(self.seeds):
             self.shell.reset_embedding(target, forget_generator(s, step))
-            own = self.shell.weights()
             for name in names:
                 self.w[name][j].copy_(own[name])
         for name in names:
