@@ -285,6 +285,41 @@ def circuit_figure(table: pd.DataFrame, x: str = "step", behavior_table: pd.Data
     return mark_phases(fig, phases(behavior_table), x)
 
 
+def llc_figure(table: pd.DataFrame, x: str = "step", behavior_table: pd.DataFrame | None = None) -> go.Figure:
+    """The learning coefficient over training beside behavior: accuracy, the whole model's LLC (bars: std over
+    SGLD chains), each head's refined LLC; one shared step axis, the phase marks of the accuracy curves."""
+    behavior_table = table if behavior_table is None else behavior_table
+    whole = _positive(select(table, "llc", metric="llc").merge(
+        select(table, "llc", metric="llc_std")[["step", "value"]].rename(columns={"value": "std"}), on="step"), x)
+    heads = _positive(select(table, "llc", metric="rllc"), x) if (table.metric == "rllc").any() else None
+    titles = ["evaluator accuracy", "LLC of the whole model (mean ± std over chains)"]
+    titles += [] if heads is None else ["refined LLC of each head (its W_Q, W_K, W_V, W_O)"]
+    fig = make_subplots(len(titles), 1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=titles)
+    with_behavior = (behavior_table.analysis == "behavior").any()
+    if with_behavior:
+        for trace in behavior_figure(behavior_table, x=x, marks=[]).data:
+            fig.add_trace(trace, row=1, col=1)
+    fig.add_trace(go.Scatter(x=whole[x], y=whole.value, error_y=dict(type="data", array=whole["std"]),
+                             mode="lines+markers", name="LLC", legend="legend2", line=dict(color="black"),
+                             hovertemplate=f"{x} %{{x}}<br>LLC %{{y:.2f}}<extra></extra>"), row=2, col=1)
+    if heads is not None:
+        _head_lines(fig, heads, x, 3, 1, show_legend=True, y_hover="rLLC", dash_by_layer=True, legend="legend3")
+    fig.update_xaxes(type="log")
+    fig.update_xaxes(title=_x_title(x), row=len(titles), col=1)
+    fig.update_yaxes(title="accuracy", range=[0, 1.02], row=1, col=1)
+    fig.update_yaxes(title="LLC", row=2, col=1)
+    if heads is not None:
+        fig.update_yaxes(title="refined LLC", row=3, col=1)
+    _layout(fig, "Learning coefficient over training (SGLD estimates on the training distribution)",
+            height=330 * len(titles) + 60)
+    fig.update_layout(margin=dict(r=140))
+    _panel_legend(fig, "legend", "y", "evaluator")
+    _panel_legend(fig, "legend2", "y2", "estimate")
+    if heads is not None:
+        _panel_legend(fig, "legend3", "y3", "head (L0 dotted)")
+    return mark_phases(fig, phases(behavior_table) if with_behavior else [], x)
+
+
 def _step_axis(steps: Sequence[int]) -> Callable[[float], float]:
     """Map a step to a (fractional) column index of a step-per-column heatmap, interpolating in log(step);
     NaN outside the checkpoints."""
@@ -468,6 +503,9 @@ def figures(table: pd.DataFrame, metrics: pd.DataFrame | None = None,
         "composition": lambda: composition_figure(table, marks=marks),
         "path_patching": lambda: path_patching_figure(table, "train", marks=marks),
         "path_patching_icl": lambda: path_patching_figure(table, "icl", marks=marks),
+        "llc": lambda: llc_figure(table, x=x, behavior_table=behavior_table),
+        "rllc_heatmap": lambda: head_heatmap(table, "llc", "rllc", "train", marks=marks,
+                                             title="Refined LLC of each head over training"),
     }
     figs, skipped = {}, {}
     for name, make in makers.items():

@@ -213,9 +213,9 @@ def _counting(monkeypatch) -> list:
     calls = []
     compute = an._compute
 
-    def counted(run, step, analysis, batches):
+    def counted(run, step, analysis, batches, options):
         calls.append((step, analysis))
-        return compute(run, step, analysis, batches)
+        return compute(run, step, analysis, batches, options)
     monkeypatch.setattr(an, "_compute", counted)
     return calls
 

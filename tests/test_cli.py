@@ -20,6 +20,7 @@ def test_help():
     (("train", "--out", "x", "--bogus"), "No such option: --bogus"),
     (("train", "--out", "x", "--device", "tpu"), "--device must be cpu or cuda"),
     (("info",), "Missing argument"),
+    (("analyze", "x", "--llc-draws", "5"), "--llc-* options apply to the llc analysis: add --analyses llc"),
 ])
 def test_errors_are_one_line(args, message, tmp_path):
     r = cli(*args, cwd=tmp_path)

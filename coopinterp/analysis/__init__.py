@@ -1,14 +1,16 @@
 """analyze(): the registered analyses at every checkpoint of a run, as one tidy table, cached per (step, analysis).
 
 Every analysis module exposes `rows(model, batches) -> list[dict]` (keys among metric, evaluator, layer, head,
-src_layer, src_head, component, value); `analyze` adds run, step, seqs_seen and analysis. Modules are imported
+src_layer, src_head, component, value); `analyze` adds run, step, seqs_seen and analysis. A module with settings
+defines an `Options` dataclass (with `parse(dict)` and `to_dict()`) and takes `rows(model, batches, options)`.
+Opt-in analyses (OPT_IN: the SGLD-sampled `llc`, minutes per checkpoint, optional dependency) run only when named. Modules are imported
 only when an analysis has to be computed, so a missing one only matters to those who ask for it. Within one
 checkpoint the analyses share one hooked forward per batch (`clean_run`: query logits and every attention
 pattern), and all of analyze() runs under torch.no_grad().
 
 Cache: RUN/analysis/{analysis}/step_{step:09d}.n{n}.seed{seed}.parquet, the table of one (step, analysis).
 Its key rides in the parquet's pandas attrs (pandas >= 2.1 stores them): the analysis, n, seed, a hash of the
-task and model config, of the checkpoint file, and of the code that computes the analysis (`code_version`: the analysis
+task and model config, of the checkpoint file, the analysis's options if it has any, and of the code that computes the analysis (`code_version`: the analysis
 module and every coopinterp module it imports, transitively, as syntax trees without docstrings, so an edit to
 the code invalidates the cache while an edit to a comment or docstring does not). A file whose key differs, or
 that cannot be read, is recomputed and replaced; `recompute=True` ignores every cached file. A run directory that
@@ -46,12 +48,15 @@ ANALYSES: dict[str, str] = {
     "path_patching": "coopinterp.analysis.patching",
     "clamping": "coopinterp.analysis.clamping",
     "paper_checks": "coopinterp.analysis.paper_checks",
+    "llc": "coopinterp.analysis.llc",
 }
+OPT_IN = ("llc",)
+DEFAULT_ANALYSES = tuple(name for name in ANALYSES if name not in OPT_IN)
 
 
 def _names(analyses: str | Sequence[str] | None) -> list[str]:
     if analyses is None:
-        return list(ANALYSES)
+        return list(DEFAULT_ANALYSES)
     names = [analyses] if isinstance(analyses, str) else list(analyses)
     unknown = [a for a in names if a not in ANALYSES]
     if unknown or not names:
@@ -152,7 +157,10 @@ class _Cache:
         return {"n": str(self.n), "seed": str(self.seed), "config": self.config_hash,
                 "checkpoint": _file_hash(checkpoint_path(self.run.path, step))}
 
-    def get(self, step: int, analysis: str, key: dict[str, str]) -> pd.DataFrame | None:
+    def get(self, step: int, analysis: str, key: dict[str, str], any_options: bool = False) -> pd.DataFrame | None:
+        """The cached table whose key matches (with `any_options`, whatever options it was computed with)."""
+        if any_options:
+            key = {k: v for k, v in key.items() if k != "options"}
         for root in self.roots:
             path = self.path(step, analysis, root)
             if not path.is_file():
@@ -161,7 +169,10 @@ class _Cache:
                 df = read_table(path)
             except CoopError:
                 continue
-            if df.attrs.get("cache_key") == key:
+            found = df.attrs.get("cache_key", {})
+            if any_options:
+                found = {k: v for k, v in found.items() if k != "options"}
+            if found == key:
                 df["run"] = self.run.name  # the run may have been renamed or copied since
                 return df
         return None
@@ -179,48 +190,74 @@ class _Cache:
                           stacklevel=3)
 
 
-def _compute(run: Run, step: int, analysis: str, batches: dict[str, Batch]) -> pd.DataFrame:
-    rows = _module(analysis).rows(run.model(step), batches)
+def _options(names: list[str], options: dict[str, dict] | None) -> dict[str, dict | None]:
+    """Each analysis's options, checked and completed with defaults (None: the analysis has no settings)."""
+    options = dict(options or {})
+    stray = sorted(set(options) - set(names))
+    if stray:
+        raise ConfigError(f"options given for {', '.join(stray)}, which is not among the analyses to run")
+    out = {}
+    for name in names:
+        parse = getattr(_module(name), "Options", None)
+        if parse is None and name in options:
+            raise ConfigError(f"analysis {name!r} takes no options")
+        out[name] = None if parse is None else parse.parse(options.get(name)).to_dict()
+    return out
+
+
+def _compute(run: Run, step: int, analysis: str, batches: dict[str, Batch], options: dict | None) -> pd.DataFrame:
+    module = _module(analysis)
+    model = run.model(step)
+    rows = module.rows(model, batches) if options is None else module.rows(model, batches, module.Options(**options))
     fixed = {"run": run.name, "step": step, "seqs_seen": run.seqs_seen(step), "analysis": analysis}
     return table({**row, **fixed} for row in rows)
 
 
-def _step_frames(run: Run, step: int, names: list[str], n: int, seed: int, recompute: bool,
-                 cache: "_Cache", batches: dict[str, Batch] | None) -> tuple[list[pd.DataFrame], dict | None]:
-    """One checkpoint's tables (cached ones reused), and the evaluation batches if they had to be drawn."""
+def _step_frames(run: Run, step: int, options: dict[str, dict | None], n: int, seed: int, recompute: bool,
+                 cache: "_Cache", batches: dict[str, Batch] | None,
+                 cached_only: bool = False) -> tuple[list[pd.DataFrame], dict | None]:
+    """One checkpoint's tables (cached ones reused; with `cached_only` only those), and the evaluation batches
+    if they had to be drawn."""
     step_key = cache.step_key(step)
     frames = []
     with shared_forwards():  # one checkpoint's clean forwards, shared by its analyses
-        for analysis in names:
+        for analysis, opts in options.items():
             key = {"analysis": analysis, "code": code_version(ANALYSES[analysis]), **step_key}
-            df = None if recompute else cache.get(step, analysis, key)
-            if df is None:
+            if opts is not None:
+                key["options"] = json.dumps(opts, sort_keys=True)
+            df = None if recompute else cache.get(step, analysis, key, any_options=cached_only)
+            if df is None and not cached_only:
                 batches = batches or eval_batches(run.config.task, n, seed, run.device)
-                df = _compute(run, step, analysis, batches)
+                df = _compute(run, step, analysis, batches, opts)
                 cache.put(step, analysis, key, df)
-            frames.append(df)
+            if df is not None:
+                frames.append(df)
     return frames, batches
 
 
-def _worker_step(path: str, device: str, step: int, names: list[str], n: int, seed: int, recompute: bool,
-                 cache_dir: str | None) -> list[pd.DataFrame]:
+def _worker_step(path: str, device: str, step: int, options: dict[str, dict | None], n: int, seed: int,
+                 recompute: bool, cache_dir: str | None) -> list[pd.DataFrame]:
     """`_step_frames` in a worker process (it opens the run itself)."""
     from ..checkpoints import load_run
 
     run = load_run(path, device=device)
     with torch.no_grad():
-        return _step_frames(run, step, names, n, seed, recompute, _Cache(run, n, seed, cache_dir), None)[0]
+        return _step_frames(run, step, options, n, seed, recompute, _Cache(run, n, seed, cache_dir), None)[0]
 
 
 def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequence[int] | None = None,
             n: int = 512, seed: int = 0, progress: bool = True, recompute: bool = False,
-            workers: int = 1, cache_dir: str | Path | None = None) -> pd.DataFrame:
-    """Run `analyses` (default: all in ANALYSES) at `steps` (default: every checkpoint): one tidy frame.
+            workers: int = 1, cache_dir: str | Path | None = None, options: dict[str, dict] | None = None,
+            cached_only: bool = False) -> pd.DataFrame:
+    """Run `analyses` (default: DEFAULT_ANALYSES, every one but the opt-in `llc`) at `steps` (default: every
+    checkpoint): one tidy frame.
 
     Cached (step, analysis) tables whose key matches are reused (module docstring); `recompute` ignores them.
     `workers` > 1 analyses that many checkpoints at once, each in its own process (one thread each, see
     threads.py): on a machine with that many free cores, the whole run takes about 1/workers of the time.
     `cache_dir` writes the cache there instead of RUN/analysis/ (which is still read): for runs not to be written.
+    `options` maps an analysis to its settings, e.g. {"llc": {"draws": 100}}; `cached_only` computes nothing
+    and returns the cached tables that match, whatever options they were computed with (the latest computed).
     """
     names = _names(analyses)
     steps = list(run.steps) if steps is None else list(dict.fromkeys(run.check_step(int(s)) for s in steps))
@@ -228,21 +265,23 @@ def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequen
         raise ConfigError(f"n must be >= 2, got {n}")
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    per_analysis = _options(names, options)
     cache = _Cache(run, n, seed, cache_dir)
     bar = Progress(TextColumn("[bold]analyze {task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), disable=not progress)
     per_step: dict[int, list[pd.DataFrame]] = {}
     with bar, torch.no_grad():
         task = bar.add_task(run.name, total=len(steps))
-        if workers == 1 or len(steps) == 1:
+        if workers == 1 or len(steps) == 1 or cached_only:
             batches = None
             for step in steps:
-                per_step[step], batches = _step_frames(run, step, names, n, seed, recompute, cache, batches)
+                per_step[step], batches = _step_frames(run, step, per_analysis, n, seed, recompute, cache, batches,
+                                                       cached_only)
                 bar.advance(task)
         else:
             # spawn, not fork: a forked child of a process that has run OpenMP code can hang
             with ProcessPoolExecutor(min(workers, len(steps)), mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_worker_step, str(run.path), run.device, step, names, n, seed, recompute,
+                futures = {pool.submit(_worker_step, str(run.path), run.device, step, per_analysis, n, seed, recompute,
                                        None if cache_dir is None else str(cache_dir)): step
                            for step in steps}
                 for future in as_completed(futures):
@@ -254,4 +293,4 @@ def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequen
     return out
 
 
-__all__ = ["ANALYSES", "CleanRun", "analyze", "clean_run", "code_version", "eval_batches", "shared_forwards"]
+__all__ = ["ANALYSES", "DEFAULT_ANALYSES", "OPT_IN", "CleanRun", "analyze", "clean_run", "code_version", "eval_batches", "shared_forwards"]

@@ -11,12 +11,14 @@ from rich.table import Table
 from ..errors import CoopError
 from .common import app, comma_ints, comma_list, console, friendly
 
+LLC = "llc analysis (SGLD)"
+
 
 @app.command("analyze")
 @friendly
 def analyze_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory."),
-    analyses: Optional[str] = typer.Option(None, "--analyses", help="Comma-separated analyses (default: all)."),
+    analyses: Optional[str] = typer.Option(None, "--analyses", help="Comma-separated analyses (default: all but the opt-in llc)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated checkpoint steps (default: all)."),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches."),
@@ -26,18 +28,42 @@ def analyze_cmd(
     recompute: bool = typer.Option(False, "--recompute", help="Ignore cached tables and compute everything again."),
     workers: int = typer.Option(1, "--workers", help="Checkpoints analysed at once, one process each "
                                                      "(use the number of free cores)."),
+    llc_lr: Optional[float] = typer.Option(None, "--llc-lr", help="llc: SGLD step size.", rich_help_panel=LLC),
+    llc_localization: Optional[float] = typer.Option(None, "--llc-localization", help="llc: pull towards the "
+                                                     "checkpoint (gamma).", rich_help_panel=LLC),
+    llc_nbeta: Optional[float] = typer.Option(None, "--llc-nbeta", help="llc: inverse temperature "
+                                              "(default batch / log batch).", rich_help_panel=LLC),
+    llc_chains: Optional[int] = typer.Option(None, "--llc-chains", help="llc: SGLD chains.", rich_help_panel=LLC),
+    llc_draws: Optional[int] = typer.Option(None, "--llc-draws", help="llc: SGLD steps per chain averaged.",
+                                            rich_help_panel=LLC),
+    llc_burnin: Optional[int] = typer.Option(None, "--llc-burnin", help="llc: SGLD steps per chain left out first.",
+                                             rich_help_panel=LLC),
+    llc_batch_size: Optional[int] = typer.Option(None, "--llc-batch-size", help="llc: sequences per SGLD step.",
+                                                 rich_help_panel=LLC),
+    llc_seed: Optional[int] = typer.Option(None, "--llc-seed", help="llc: seed of the batches and the noise.",
+                                           rich_help_panel=LLC),
+    llc_heads: Optional[bool] = typer.Option(None, "--llc-heads/--no-llc-heads", help="llc: also each head's "
+                                             "refined LLC.", rich_help_panel=LLC),
 ) -> None:
-    """Compute the tidy per-step metric table (cached per step and analysis under RUN/analysis/)."""
+    """Compute the tidy per-step metric table (cached per step and analysis under RUN/analysis/).
+
+    The opt-in `llc` analysis (needs `pip install 'coopinterp[devinterp]'`) runs only when named in --analyses;
+    its --llc-* options default to the values calibrated on the shipped demo (docs/reference.md).
+    """
     from ..analysis import analyze
     from ..checkpoints import load_run
     from ..tables import write_table
 
-    run = load_run(run_dir)
+    llc = {k: v for k, v in dict(lr=llc_lr, localization=llc_localization, nbeta=llc_nbeta, chains=llc_chains,
+                                 draws=llc_draws, burnin=llc_burnin, batch_size=llc_batch_size, seed=llc_seed,
+                                 heads=llc_heads).items() if v is not None}
     names = comma_list(analyses) if analyses is not None else None
+    if llc and "llc" not in (names or []):
+        raise CoopError("--llc-* options apply to the llc analysis: add --analyses llc")
+    run = load_run(run_dir)
     t0 = time.perf_counter()
     df = analyze(run, names, steps=comma_ints(steps, "--steps") if steps is not None else None, n=n, seed=seed,
-                 progress=progress, recompute=recompute,
-                 workers=workers)
+                 progress=progress, recompute=recompute, workers=workers, options={"llc": llc} if llc else None)
     out = out or run.path / "analysis" / "table.parquet"
     try:
         write_table(df, out)
@@ -70,6 +96,12 @@ def _headline(g) -> str:
         best = g.loc[g.groupby("metric").value.idxmax()]
         return "max " + " ".join(f"{m} {v:.2f} ({l}.{h})" for m, v, l, h in
                                  zip(best.metric, best.value, best.layer, best["head"]))
+    if g.analysis.iloc[0] == "llc":
+        whole = g[g.metric.isin(["llc", "llc_std"])].set_index("metric").value
+        heads = g[g.metric == "rllc"]
+        top = heads.loc[heads.value.idxmax()] if len(heads) else None
+        return f"LLC {whole['llc']:.1f} ± {whole['llc_std']:.1f}" + (
+            "" if top is None else f"; top rLLC {top.value:.2f} ({top.layer}.{top['head']})")
     if g.analysis.iloc[0] == "composition":
         best = g[~g.metric.str.endswith("_baseline")].groupby("metric").value.max()
         base = g[g.metric.str.endswith("_baseline")].value.mean()

@@ -17,7 +17,8 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
                 progress: bool) -> tuple:  # (DataFrame, DataFrame | None, dict | None, str); pandas loads lazily
     """(table, logged metrics or None, run config or None, name) from a run directory or a table file.
 
-    A run is analysed with `analyze` (cached per step under RUN/analysis/, so only new steps cost time).
+    A run is analysed with `analyze` (cached per step under RUN/analysis/, so only new steps cost time); without
+    --analyses, the opt-in analyses (llc) join with whatever of them is cached, and are not computed.
     """
     from ..tables import read_table
 
@@ -26,8 +27,13 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
         from ..checkpoints import load_run
 
         run = load_run(source)
+        from ..analysis import OPT_IN
+        from ..tables import concat
+
         names = comma_list(analyses) if analyses else None
         table = analyze(run, names, n=n, seed=seed, progress=progress)
+        if names is None:
+            table = concat([table, analyze(run, list(OPT_IN), n=n, seed=seed, progress=False, cached_only=True)])
         try:
             metrics = run.metrics
         except CheckpointError:
@@ -64,7 +70,7 @@ def plot_cmd(
     source: Path = typer.Argument(..., help="Run directory, or a table (.parquet/.csv) from `coopinterp analyze`."),
     out: Path = typer.Option(..., "--out", help="Folder for the figures (created)."),
     format: str = typer.Option("html,png", "--format", help="Comma-separated: html (offline), png."),
-    analyses: Optional[str] = typer.Option(None, "--analyses", help="Analyses to compute for a run (default: all)."),
+    analyses: Optional[str] = typer.Option(None, "--analyses", help="Analyses to compute for a run (default: all but llc; llc rows are added where cached)."),
     x: str = typer.Option("step", "--x", help="x axis of over-training figures: step or seqs_seen."),
     scale: float = typer.Option(2.0, "--scale", help="PNG pixels per layout pixel."),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch (for a run)."),
@@ -104,7 +110,7 @@ def plot_cmd(
 def report_cmd(
     source: Path = typer.Argument(..., help="Run directory (or a table file: then without the config)."),
     out: Path = typer.Option(..., "--out", help="HTML file to write, e.g. report.html."),
-    analyses: Optional[str] = typer.Option(None, "--analyses", help="Analyses to compute for a run (default: all)."),
+    analyses: Optional[str] = typer.Option(None, "--analyses", help="Analyses to compute for a run (default: all but llc; llc rows are added where cached)."),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch (for a run)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches (for a run)."),
     progress: bool = typer.Option(True, help="Show the analysis progress bar."),

@@ -1,0 +1,221 @@
+"""The local learning coefficient (LLC) of a checkpoint and the refined LLC of each attention head, by SGLD.
+
+    llc = nbeta * (E_w[L(w)] - L(w*)),  w ~ exp(-nbeta L(w) - localization/2 |w - w*|^2)  near the checkpoint w*
+
+(Lau et al. 2023), estimated from SGLD chains started at w*. The refined LLC of a head (Wang et al. 2024) samples only
+that head's W_Q, W_K, W_V and W_O (its rows of q, k, v and its columns of o); every other weight stays at w*. L is
+the training loss (cross-entropy at the query) on fresh batches of the training distribution.
+
+devinterp (optional extra `coopinterp[devinterp]`) is the sampler: its SGMCMC.sgld optimizer makes every update
+(gradient, localisation prior, noise, per-head mask). The chain loop around it is ours rather than devinterp's
+`sample()`, which needs a next-token loss over every position of a HuggingFace dataset and writes every draw to
+zarr, where this task's loss reads the query only and its batches are drawn on the fly. Every chain and every head
+sees the same batches, so L(w*) is computed once per batch, and each draw's L(w) - L(w*) is taken on the same batch
+(a control variate: same expectation as devinterp's estimator, much less batch noise).
+
+Rows (evaluator "train"): `llc` (whole model: every trainable weight) and `rllc` (per layer/head), each with
+`..._std` (std over chains) and `..._chain` (one per chain, component "chain{c}"), plus `init_loss` (L(w*)).
+Hyper-parameters: `Options`, defaults calibrated on the shipped demo (analyses/llc_calibration.py).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Optional, Sequence, TypeVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import ConfigError, CoopError
+from ..model import CoopModel
+from ..task import Batch, sample_train
+
+B = TypeVar("B")
+Restriction = dict[nn.Parameter, Optional[Tensor]]  # sampled weights -> 0/1 mask of the sampled entries (None: all)
+
+
+@dataclass(frozen=True)
+class Options:
+    """SGLD settings. nbeta None: devinterp's default, batch_size / log(batch_size)."""
+
+    lr: float = 1e-3  # SGLD step size epsilon
+    localization: float = 100.0  # gamma: pull towards the checkpoint
+    nbeta: float | None = None  # inverse temperature n*beta
+    chains: int = 4
+    draws: int = 150  # SGLD steps per chain, after burn-in; the estimate averages over these
+    burnin: int = 50  # on the demo, traces are flat after ~30 steps at these settings (docs/llc_calibration.png)
+    batch_size: int = 64
+    seed: int = 0  # seeds the batches and the chains' noise
+    heads: bool = True  # also every head's refined LLC (1 + n_layers * n_heads estimates per checkpoint)
+
+    def __post_init__(self):
+        checks = [(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}"),
+                  (self.localization >= 0, f"localization must be >= 0, got {self.localization}"),
+                  (self.nbeta is None or self.nbeta > 0, f"nbeta must be > 0, got {self.nbeta}"),
+                  (self.chains >= 2, f"chains must be >= 2 (their spread is reported), got {self.chains}"),
+                  (self.draws >= 1, f"draws must be >= 1, got {self.draws}"),
+                  (self.burnin >= 0, f"burnin must be >= 0, got {self.burnin}"),
+                  (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"llc option {message}")
+
+    @property
+    def inverse_temperature(self) -> float:
+        return self.nbeta if self.nbeta is not None else self.batch_size / math.log(self.batch_size)
+
+    @classmethod
+    def parse(cls, options: dict | None) -> "Options":
+        """From a dict of option values; an unknown key is a one-line error naming the known ones."""
+        options = dict(options or {})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown llc option {', '.join(unknown)}; choose from {', '.join(known)}")
+        return cls(**options)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sgld_optimizer():
+    """devinterp's SGLD, or a one-line error saying how to install it."""
+    try:
+        from devinterp.optim import SGMCMC
+    except ImportError:
+        raise CoopError("the llc analysis needs devinterp: pip install 'coopinterp[devinterp]'") from None
+    return SGMCMC.sgld
+
+
+def head_restriction(model: CoopModel, layer: int, head: int) -> Restriction:
+    """One head's W_Q, W_K, W_V (its output rows of q, k, v) and W_O (its input columns of o)."""
+    attn = model.bridge.blocks[layer].attn
+    rows = slice(head * model.cfg.d_head, (head + 1) * model.cfg.d_head)
+    out: Restriction = {}
+    for name in ("q", "k", "v", "o"):
+        weight = getattr(attn, name).original_component.weight
+        mask = torch.zeros_like(weight)
+        if name == "o":
+            mask[:, rows] = 1.0
+        else:
+            mask[rows] = 1.0
+        out[weight] = mask
+    return out
+
+
+def full_restriction(model: nn.Module) -> Restriction:
+    """Every trainable weight (the frozen attention biases excluded)."""
+    return {p: None for p in model.parameters() if p.requires_grad}
+
+
+def trainable(model: CoopModel) -> CoopModel:
+    """A copy of a checkpoint's model whose trained weights take gradients again (Run.model freezes them)."""
+    model = copy.deepcopy(model)
+    frozen = {id(lin.bias) for lin in model._attn_linears()}  # fixed at zero in the paper's model
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
+    return model
+
+
+def sample_losses(model: nn.Module, loss: Callable[[nn.Module, B], Tensor], batches: Sequence[B],
+                  restriction: Restriction, options: Options,
+                  reference: Float[Tensor, " steps"] | None = None) -> Float[Tensor, "chains steps"]:
+    """L_b(w_t) - L_b(w*) along each SGLD chain (burn-in included), batch b = batches[t] at step t.
+
+    Only the weights in `restriction` move (their masked entries); the model is left at w* afterwards.
+    `reference` (L_b(w*) per batch) is computed if not given.
+    """
+    sgld = sgld_optimizer()
+    if reference is None:
+        with torch.no_grad():
+            reference = torch.stack([loss(model, b).detach() for b in batches])
+    params = list(restriction)
+    start = [p.detach().clone() for p in params]
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(p in restriction)
+    traces = torch.empty(options.chains, len(batches), device=reference.device)
+    try:
+        with torch.enable_grad(), torch.random.fork_rng(devices=[]):
+            for chain in range(options.chains):
+                torch.manual_seed(options.seed * 1_000_003 + chain)  # devinterp's noise draws from torch's global RNG
+                groups = [{"params": [p], "mask": None if m is None else [m]} for p, m in restriction.items()]
+                opt = sgld(groups, lr=options.lr, localization=options.localization,
+                           nbeta=options.inverse_temperature)
+                for t, batch in enumerate(batches):
+                    value = loss(model, batch)
+                    if not torch.isfinite(value):
+                        raise CoopError(f"SGLD chain {chain} diverged at step {t} (loss {float(value)}): "
+                                        f"lower the llc step size (lr {options.lr}) or raise localization")
+                    traces[chain, t] = value.detach()
+                    opt.zero_grad(set_to_none=True)
+                    value.backward()
+                    opt.step()
+                with torch.no_grad():
+                    for p, w in zip(params, start):
+                        p.copy_(w)
+    finally:
+        with torch.no_grad():
+            for p, w in zip(params, start):
+                p.copy_(w)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+    return traces - reference
+
+
+def estimate(excess: Float[Tensor, "chains steps"], options: Options) -> Float[Tensor, " chains"]:
+    """Each chain's LLC: nbeta times its mean excess loss over the draws (burn-in left out)."""
+    return options.inverse_temperature * excess[:, options.burnin:].mean(1)
+
+
+def train_loss(model: CoopModel, batch: Batch) -> Float[Tensor, ""]:
+    """The training objective: cross-entropy at the query over all labels."""
+    return F.cross_entropy(model.fast_logits(batch.exemplars, batch.labels), batch.target)
+
+
+def sampling_batches(model: CoopModel, options: Options) -> list[Batch]:
+    """burnin + draws fresh batches of the training distribution, a pure function of `options.seed`."""
+    device = model.pos_embedding.device
+    gen = torch.Generator(device=device).manual_seed(options.seed)
+    return [sample_train(model.task, options.batch_size, gen) for _ in range(options.burnin + options.draws)]
+
+
+def restrictions(model: CoopModel, options: Options) -> dict[tuple[int, int] | None, Restriction]:
+    """None -> the whole model; (layer, head) -> that head (when options.heads)."""
+    out: dict[tuple[int, int] | None, Restriction] = {None: full_restriction(model)}
+    if options.heads:
+        for layer in range(model.cfg.n_layers):
+            for head in range(model.cfg.n_heads):
+                out[layer, head] = head_restriction(model, layer, head)
+    return out
+
+
+def traces(model: CoopModel, options: Options) -> tuple[Float[Tensor, " steps"], dict[tuple[int, int] | None, Tensor]]:
+    """L(w*) on each sampling batch, and every restriction's excess-loss traces (chains x steps) at one checkpoint."""
+    model = trainable(model)
+    batches = sampling_batches(model, options)
+    with torch.no_grad():
+        reference = torch.stack([train_loss(model, b) for b in batches])
+    return reference, {key: sample_losses(model, train_loss, batches, r, options, reference)
+                       for key, r in restrictions(model, options).items()}
+
+
+def rows(model: CoopModel, batches: dict[str, Batch], options: Options | None = None) -> list[dict]:
+    """The whole model's LLC and each head's refined LLC at one checkpoint (`batches` unused: SGLD draws its own)."""
+    options = options or Options()
+    reference, excess_by_key = traces(model, options)
+    out = [{"evaluator": "train", "metric": "init_loss", "value": float(reference.mean())}]
+    for key, excess in excess_by_key.items():
+        per_chain = estimate(excess, options)
+        metric, where = ("llc", {}) if key is None else ("rllc", {"layer": key[0], "head": key[1]})
+        base = {"evaluator": "train", **where}
+        out += [{**base, "metric": metric, "value": float(per_chain.mean())},
+                {**base, "metric": f"{metric}_std", "value": float(per_chain.std())}]
+        out += [{**base, "metric": f"{metric}_chain", "component": f"chain{c}", "value": float(v)}
+                for c, v in enumerate(per_chain)]
+    return out
