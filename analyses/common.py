@@ -26,8 +26,12 @@ CIWL_STATE_FLIP = 0.1  # the CIWL state: `flip` accuracy (in-context answer) at 
 N = 512  # sequences per evaluator batch in the checkpoint analyses
 
 
-def parse(doc: str, argv: list[str] | None, run: Path = DEMO) -> argparse.Namespace:
+def parse(doc: str, argv: list[str] | None, run: Path = DEMO,
+          extra: list[tuple[str, str]] = ()) -> argparse.Namespace:
+    """The scripts' arguments: --run, --out, --fast, and `extra` on/off flags as (flag, help)."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for flag, text in extra:
+        p.add_argument(flag, action="store_true", help=text)
     p.add_argument("--run", type=Path, default=run, help=f"run directory (default: {run.relative_to(REPO)})")
     p.add_argument("--out", type=Path, default=REPO / "analyses" / "out", help="where figures go")
     p.add_argument("--fast", action="store_true", help="fewer sequences and steps (for tests)")

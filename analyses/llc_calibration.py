@@ -6,8 +6,8 @@ in the CIWL state and at the end, for the whole model and two heads (L0H5, the p
 skip-trigram copier), and look at each chain's trace of nbeta * (L(w_t) - L(w*)). A usable setting has traces that
 flatten well inside the draws (so the mean is of the stationary part), chains that agree, no divergence, and an
 estimate that moves little when lr changes (discretisation error small). Writes llc_calibration_{whole_model,L0H5,L1H2}.png
-and prints each setting's estimate (mean, std over chains) and its traces' drift (last quarter minus second
-quarter, in LLC units: near 0 once flat).
+and prints each setting's estimate (mean and std over chains, after the default burn-in) and its traces' drift
+(last quarter minus second quarter, in LLC units: near 0 once flat).
 """
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ def traces_at(run_dir: str, step: int, fast: bool) -> dict:
     run = ci.load_run(run_dir)
     model = llc.trainable(run.model(step))
     out = {}
-    for lr, gamma in SETTINGS[:2] if fast else SETTINGS:
-        options = llc.Options(lr=lr, localization=gamma, chains=2 if fast else CHAINS, draws=20 if fast else STEPS)
+    for lr, gamma in SETTINGS[2:3] if fast else SETTINGS:
+        options = llc.Options(lr=lr, localization=gamma, chains=2 if fast else CHAINS, burnin=0,
+                              draws=60 if fast else STEPS)
         batches = llc.sampling_batches(model, options)
         for name, head in TARGETS.items():
             restriction = llc.full_restriction(model) if head is None else llc.head_restriction(model, *head)
@@ -74,10 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
         jobs = {s: pool.submit(traces_at, str(args.run), s, args.fast) for s in checkpoints}
         traces = {s: job.result() for s, job in jobs.items()}
+    burnin = llc.Options().burnin
+    print(f"estimates after the default burn-in of {burnin} steps; drift in LLC units")
     print(f"{'checkpoint':>22} {'lr':>7} {'γ':>6} {'target':>12} {'llc':>9} {'std':>7} {'drift':>8}")
     for step, per in traces.items():
         for (lr, gamma, target), values in per.items():
-            per_chain = values.mean(1)
+            per_chain = values[:, burnin:].mean(1)
             n = values.shape[1]
             drift = float(values[:, 3 * n // 4:].mean() - values[:, n // 4:n // 2].mean())
             print(f"{checkpoints[step] + ' ' + str(step):>22} {lr:>7g} {gamma:>6g} {target:>12} "

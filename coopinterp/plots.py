@@ -293,7 +293,8 @@ def llc_figure(table: pd.DataFrame, x: str = "step", behavior_table: pd.DataFram
         select(table, "llc", metric="llc_std")[["step", "value"]].rename(columns={"value": "std"}), on="step"), x)
     heads = _positive(select(table, "llc", metric="rllc"), x) if (table.metric == "rllc").any() else None
     titles = ["evaluator accuracy", "LLC of the whole model (mean ± std over chains)"]
-    titles += [] if heads is None else ["refined LLC of each head (its W_Q, W_K, W_V, W_O)"]
+    titles += [] if heads is None else ["refined LLC of each head (its W_Q, W_K, W_V, W_O; log scale, values ≤ 0 "
+                                        "not drawn)"]
     fig = make_subplots(len(titles), 1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=titles)
     with_behavior = (behavior_table.analysis == "behavior").any()
     if with_behavior:
@@ -309,7 +310,7 @@ def llc_figure(table: pd.DataFrame, x: str = "step", behavior_table: pd.DataFram
     fig.update_yaxes(title="accuracy", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title="LLC", row=2, col=1)
     if heads is not None:
-        fig.update_yaxes(title="refined LLC", row=3, col=1)
+        fig.update_yaxes(title="refined LLC", type="log", row=3, col=1)
     _layout(fig, "Learning coefficient over training (SGLD estimates on the training distribution)",
             height=330 * len(titles) + 60)
     fig.update_layout(margin=dict(r=140))
@@ -329,8 +330,12 @@ def _step_axis(steps: Sequence[int]) -> Callable[[float], float]:
 
 def head_heatmap(table: pd.DataFrame, analysis: str, metric: str, evaluator: str | None = None,
                  component: str | None = None, marks: Sequence[Phase] | None = None,
-                 title: str | None = None) -> go.Figure:
-    """Any per-head metric as a head x checkpoint heatmap (one column per checkpoint, step 0 included)."""
+                 title: str | None = None, log_floor: float | None = None) -> go.Figure:
+    """Any per-head metric as a head x checkpoint heatmap (one column per checkpoint, step 0 included).
+
+    `log_floor`: colour by log10 of the value, values below the floor (noise around 0, negatives) at the floor;
+    for metrics spanning decades, such as the refined LLC. Hover shows the value itself.
+    """
     rows = select(table, analysis, metric=metric)
     rows = rows[rows.layer.notna() & rows["head"].notna() & rows.src_head.isna()]
     for column, value in (("evaluator", evaluator), ("component", component)):
@@ -345,9 +350,19 @@ def head_heatmap(table: pd.DataFrame, analysis: str, metric: str, evaluator: str
     grid = rows.pivot(index=["layer", "head"], columns="step", values="value").sort_index()
     steps = [int(s) for s in grid.columns]
     labels = [head_label(int(l), int(h)) for l, h in grid.index]
-    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=list(range(len(steps))), y=labels, colorscale="Viridis",
-                               colorbar=dict(title=metric), customdata=np.tile(steps, (len(labels), 1)),
-                               hovertemplate="%{y}<br>step %{customdata}<br>value %{z:.3f}<extra></extra>"))
+    values = grid.to_numpy(dtype=float)
+    colorbar = dict(title=metric)
+    z = values
+    if log_floor is not None:
+        z = np.log10(np.maximum(values, log_floor))
+        decades = np.arange(math.floor(np.nanmin(z)), math.ceil(np.nanmax(z)) + 1)
+        colorbar.update(tickvals=decades, ticktext=[f"{10.0 ** k:g}" for k in decades],
+                        title=f"{metric} (log; ≤{log_floor:g} at the floor)")
+    custom = np.dstack([np.tile(steps, (len(labels), 1)), values])
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(len(steps))), y=labels, colorscale="Viridis", colorbar=colorbar,
+                               customdata=custom,
+                               hovertemplate="%{y}<br>step %{customdata[0]}<br>value %{customdata[1]:.4g}"
+                                             "<extra></extra>"))
     fig.update_xaxes(title="training step (one column per checkpoint)", tickmode="array",
                      tickvals=list(range(len(steps))), ticktext=[f"{s:,}" for s in steps], tickangle=-45)
     fig.update_yaxes(title=HEAD_AXIS, autorange="reversed")
@@ -504,7 +519,7 @@ def figures(table: pd.DataFrame, metrics: pd.DataFrame | None = None,
         "path_patching": lambda: path_patching_figure(table, "train", marks=marks),
         "path_patching_icl": lambda: path_patching_figure(table, "icl", marks=marks),
         "llc": lambda: llc_figure(table, x=x, behavior_table=behavior_table),
-        "rllc_heatmap": lambda: head_heatmap(table, "llc", "rllc", "train", marks=marks,
+        "rllc_heatmap": lambda: head_heatmap(table, "llc", "rllc", "train", marks=marks, log_floor=1e-3,
                                              title="Refined LLC of each head over training"),
     }
     figs, skipped = {}, {}

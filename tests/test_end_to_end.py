@@ -23,9 +23,14 @@ def test_train_analyze_plot_report(tmp_path):
     table = pd.read_parquet(tmp_path / "table.parquet")
     assert set(table.analysis) == set(DEFAULT_ANALYSES)
     assert not table.value.isna().any()
+    cli("analyze", run, "--analyses", "llc", "--llc-chains", "2", "--llc-draws", "10", "--llc-burnin", "5",
+        "--out", tmp_path / "llc.parquet")
+    llc = pd.read_parquet(tmp_path / "llc.parquet")
+    assert set(llc.metric) >= {"llc", "llc_std", "rllc"} and not llc.value.isna().any()
     cli("plot", run, "--out", tmp_path / "plots", "--n", "64", "--format", "html,png")
     written = {p.name for p in (tmp_path / "plots").iterdir()}
-    assert {"behavior.html", "behavior.png", "circuit_evolution.html", "layer0_attention.png"} <= written
+    assert {"behavior.html", "behavior.png", "circuit_evolution.html", "layer0_attention.png", "llc.png",
+            "rllc_heatmap.png"} <= written
     html = (tmp_path / "plots" / "behavior.html").read_text()
     assert '<script src="http' not in html and len(html) > 1_000_000  # plotly.js embedded: works offline
     cli("report", run, "--out", tmp_path / "report.html", "--n", "64")

@@ -145,3 +145,14 @@ def test_llc_analysis_on_a_tiny_run(tiny_run, tmp_path, monkeypatch):
         ci.analyze(tiny_run, "behavior", progress=False, cache_dir=tmp_path, options={"behavior": {}})
     with pytest.raises(ci.ConfigError, match="options given for llc, which is not among the analyses"):
         ci.analyze(tiny_run, "behavior", progress=False, cache_dir=tmp_path, options=options)
+
+
+def test_calibration_script_writes_its_figures(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "analyses" / "llc_calibration.py"
+    r = subprocess.run([sys.executable, str(script), "--fast", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "ICL peak" in r.stdout and "whole model" in r.stdout
+    assert {f"llc_calibration_{t}.html" for t in ("whole_model", "L0H5", "L1H2")} <= {p.name for p in tmp_path.iterdir()}

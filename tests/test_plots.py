@@ -247,3 +247,28 @@ def test_cli_plot_table_and_errors(tmp_path):
                           (("report", str(tmp_path), "--out", "r.html"), "is not a coopinterp run")):
         r = cli(*args)
         assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def llc_rows():
+    """LLC rows with known values: the whole model's LLC 10 * (i + 1) ± 1, head (l, h)'s rLLC 10^-(i % 3) * (h + 1)."""
+    rows = []
+    for i, step in enumerate(STEPS):
+        base = dict(run="synth", step=step, seqs_seen=32 * step, analysis="llc", evaluator="train")
+        rows += [dict(base, metric="llc", value=10.0 * (i + 1)), dict(base, metric="llc_std", value=1.0)]
+        rows += [dict(base, metric="rllc", layer=l, head=h, value=10.0 ** -(i % 3) * (h + 1))
+                 for l in range(2) for h in range(HEADS)]
+    return tables.table(rows)
+
+
+def test_llc_figures(table):
+    both = tables.concat([table, llc_rows()])
+    figs, _ = plots.figures(both)
+    fig = figs["llc"]
+    whole = next(t for t in fig.data if t.name == "LLC")
+    assert list(whole.x) == list(STEPS[1:]) and list(whole.y) == [20.0, 30.0, 40.0, 50.0, 60.0]  # step 0 off log x
+    assert list(whole.error_y.array) == [1.0] * 5
+    assert {t.name for t in fig.data if t.yaxis == "y3"} == {plots.head_label(l, h) for l in range(2) for h in range(HEADS)}
+    assert len(vlines(fig)) == 2  # the ICL peak and the CIWL takeover
+    heat = figs["rllc_heatmap"].data[0]
+    assert heat.z[0, 1] == pytest.approx(-1.0) and heat.customdata[1, 1, 1] == pytest.approx(0.2)  # log10, value
+    assert {"llc", "rllc_heatmap"} <= set(plots.figures(table)[1])  # no llc rows: skipped with a reason
