@@ -137,7 +137,8 @@ def test_llc_analysis_on_a_tiny_run(tiny_run, tmp_path, monkeypatch):
     assert calls == steps
     ci.analyze(tiny_run, "llc", steps=steps, progress=False, cache_dir=tmp_path, options=options)
     assert calls == steps, "same options: served from the cache"
-    assert ci.analyze(tiny_run, "llc", steps=steps, progress=False, cache_dir=tmp_path, cached_only=True).equals(df)
+    cached = ci.analyze(tiny_run, "llc", steps=steps, n=64, seed=3, progress=False, cache_dir=tmp_path, cached_only=True)
+    assert cached.equals(df), "its own batches: the evaluation batches' n and seed do not key its cache"
     fewer = {"llc": {**options["llc"], "heads": False}}
     again = ci.analyze(tiny_run, "llc", steps=steps[-1:], progress=False, cache_dir=tmp_path, options=fewer)
     assert calls == steps + steps[-1:] and set(again.metric) == {"llc", "llc_std", "llc_chain", "init_loss"}

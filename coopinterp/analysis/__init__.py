@@ -8,7 +8,8 @@ only when an analysis has to be computed, so a missing one only matters to those
 checkpoint the analyses share one hooked forward per batch (`clean_run`: query logits and every attention
 pattern), and all of analyze() runs under torch.no_grad().
 
-Cache: RUN/analysis/{analysis}/step_{step:09d}.n{n}.seed{seed}.parquet, the table of one (step, analysis).
+Cache: RUN/analysis/{analysis}/step_{step:09d}.n{n}.seed{seed}.parquet, the table of one (step, analysis)
+(step_{step:09d}.parquet for OWN_DATA analyses, which draw their own batches).
 Its key rides in the parquet's pandas attrs (pandas >= 2.1 stores them): the analysis, n, seed, a hash of the
 task and model config, of the checkpoint file, the analysis's options if it has any, and of the code that computes the analysis (`code_version`: the analysis
 module and every coopinterp module it imports, transitively, as syntax trees without docstrings, so an edit to
@@ -51,6 +52,7 @@ ANALYSES: dict[str, str] = {
     "llc": "coopinterp.analysis.llc",
 }
 OPT_IN = ("llc",)
+OWN_DATA = ("llc",)  # analyses that draw their own batches: their cache ignores the evaluation batches' n and seed
 DEFAULT_ANALYSES = tuple(name for name in ANALYSES if name not in OPT_IN)
 
 
@@ -151,11 +153,21 @@ class _Cache:
         self.writable = True
 
     def path(self, step: int, analysis: str, root: Path | None = None) -> Path:
-        return (root or self.root) / analysis / f"step_{step:09d}.n{self.n}.seed{self.seed}.parquet"
+        batches = "" if analysis in OWN_DATA else f".n{self.n}.seed{self.seed}"
+        return (root or self.root) / analysis / f"step_{step:09d}{batches}.parquet"
 
     def step_key(self, step: int) -> dict[str, str]:
         return {"n": str(self.n), "seed": str(self.seed), "config": self.config_hash,
                 "checkpoint": _file_hash(checkpoint_path(self.run.path, step))}
+
+    @staticmethod
+    def key(analysis: str, step_key: dict[str, str], options: dict | None) -> dict[str, str]:
+        key = {"analysis": analysis, "code": code_version(ANALYSES[analysis]), **step_key}
+        if analysis in OWN_DATA:
+            del key["n"], key["seed"]
+        if options is not None:
+            key["options"] = json.dumps(options, sort_keys=True)
+        return key
 
     def get(self, step: int, analysis: str, key: dict[str, str], any_options: bool = False) -> pd.DataFrame | None:
         """The cached table whose key matches (with `any_options`, whatever options it was computed with)."""
@@ -222,9 +234,7 @@ def _step_frames(run: Run, step: int, options: dict[str, dict | None], n: int, s
     frames = []
     with shared_forwards():  # one checkpoint's clean forwards, shared by its analyses
         for analysis, opts in options.items():
-            key = {"analysis": analysis, "code": code_version(ANALYSES[analysis]), **step_key}
-            if opts is not None:
-                key["options"] = json.dumps(opts, sort_keys=True)
+            key = cache.key(analysis, step_key, opts)
             df = None if recompute else cache.get(step, analysis, key, any_options=cached_only)
             if df is None and not cached_only:
                 batches = batches or eval_batches(run.config.task, n, seed, run.device)
@@ -293,4 +303,4 @@ def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequen
     return out
 
 
-__all__ = ["ANALYSES", "DEFAULT_ANALYSES", "OPT_IN", "CleanRun", "analyze", "clean_run", "code_version", "eval_batches", "shared_forwards"]
+__all__ = ["ANALYSES", "DEFAULT_ANALYSES", "OPT_IN", "OWN_DATA", "CleanRun", "analyze", "clean_run", "code_version", "eval_batches", "shared_forwards"]
