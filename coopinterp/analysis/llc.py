@@ -115,9 +115,10 @@ def full_restriction(model: nn.Module) -> Restriction:
 def trainable(model: CoopModel) -> CoopModel:
     """A copy of a checkpoint's model whose trained weights take gradients again (Run.model freezes them)."""
     model = copy.deepcopy(model)
-    frozen = {id(lin.bias) for lin in model._attn_linears()}  # fixed at zero in the paper's model
+    fixed = {id(getattr(block.attn, name).original_component.bias)  # zero in the paper's model, never trained
+             for block in model.bridge.blocks for name in ("q", "k", "v", "o")}
     for p in model.parameters():
-        p.requires_grad_(id(p) not in frozen)
+        p.requires_grad_(id(p) not in fixed)
     return model
 
 
@@ -133,15 +134,21 @@ def sample_losses(model: nn.Module, loss: Callable[[nn.Module, B], Tensor], batc
     if reference is None:
         with torch.no_grad():
             reference = torch.stack([loss(model, b).detach() for b in batches])
-    params = list(restriction)
-    start = [p.detach().clone() for p in params]
+    start = {p: p.detach().clone() for p in restriction}
     flags = {p: p.requires_grad for p in model.parameters()}
+
+    @torch.no_grad()
+    def back_to_start() -> None:
+        for p, w in start.items():
+            p.copy_(w)
+
     for p in model.parameters():
         p.requires_grad_(p in restriction)
     traces = torch.empty(options.chains, len(batches), device=reference.device)
     try:
         with torch.enable_grad(), torch.random.fork_rng(devices=[]):
             for chain in range(options.chains):
+                back_to_start()
                 torch.manual_seed(options.seed * 1_000_003 + chain)  # devinterp's noise draws from torch's global RNG
                 groups = [{"params": [p], "mask": None if m is None else [m]} for p, m in restriction.items()]
                 opt = sgld(groups, lr=options.lr, localization=options.localization,
@@ -155,13 +162,8 @@ def sample_losses(model: nn.Module, loss: Callable[[nn.Module, B], Tensor], batc
                     opt.zero_grad(set_to_none=True)
                     value.backward()
                     opt.step()
-                with torch.no_grad():
-                    for p, w in zip(params, start):
-                        p.copy_(w)
     finally:
-        with torch.no_grad():
-            for p, w in zip(params, start):
-                p.copy_(w)
+        back_to_start()
         for p, flag in flags.items():
             p.requires_grad_(flag)
             p.grad = None
