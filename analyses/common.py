@@ -98,12 +98,12 @@ def verdict(ok: bool, claim: str, numbers: str) -> str:
     return line
 
 
-def save(fig: go.Figure, out: Path, name: str) -> None:
+def save(fig: go.Figure, out: Path, name: str, scale: float = 2.0) -> None:
     """HTML always; PNG when kaleido can make it (a one-line note otherwise)."""
     out.mkdir(parents=True, exist_ok=True)
     write_html(fig, out / f"{name}.html")
     try:
-        write_pngs({name: fig}, out)
+        write_pngs({name: fig}, out, scale=scale)
     except CoopError as e:
         print(f"note: {name}.png not written: {e}", file=sys.stderr)
 

@@ -5,9 +5,9 @@ grid of (lr, localization) at nbeta = batch / log(batch), run the chains at chec
 in the CIWL state and at the end, for the whole model and two heads (L0H5, the previous-token head; L1H2, a
 skip-trigram copier), and look at each chain's trace of nbeta * (L(w_t) - L(w*)). A usable setting has traces that
 flatten well inside the draws (so the mean is of the stationary part), chains that agree, no divergence, and an
-estimate that moves little when lr changes (discretisation error small). Writes llc_calibration_{whole_model,L0H5,L1H2}.png
-and prints each setting's estimate (mean and std over chains, after the default burn-in) and its traces' drift
-(last quarter minus second quarter, in LLC units: near 0 once flat).
+estimate that moves little when lr changes (discretisation error small). Writes
+llc_calibration_{whole_model,L0H5,L1H2}.png and prints each setting's estimate (mean and std over chains, after
+the default burn-in) and its traces' drift (last quarter minus second quarter, in LLC units: near 0 once flat).
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{checkpoints[step] + ' ' + str(step):>22} {lr:>7g} {gamma:>6g} {target:>12} "
                   f"{float(per_chain.mean()):>9.3f} {float(per_chain.std()):>7.3f} {drift:>8.3f}")
     for target in TARGETS:
-        save(figure(traces, target, labels), args.out, f"llc_calibration_{target.replace(' ', '_')}")
+        save(figure(traces, target, labels), args.out, f"llc_calibration_{target.replace(' ', '_')}", scale=1.0)
 
 
 if __name__ == "__main__":

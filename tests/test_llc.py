@@ -137,7 +137,8 @@ def test_llc_analysis_on_a_tiny_run(tiny_run, tmp_path, monkeypatch):
     assert calls == steps
     ci.analyze(tiny_run, "llc", steps=steps, progress=False, cache_dir=tmp_path, options=options)
     assert calls == steps, "same options: served from the cache"
-    cached = ci.analyze(tiny_run, "llc", steps=steps, n=64, seed=3, progress=False, cache_dir=tmp_path, cached_only=True)
+    cached = ci.analyze(tiny_run, "llc", steps=steps, n=64, seed=3, progress=False, cache_dir=tmp_path,
+                        cached_only=True)
     assert cached.equals(df), "its own batches: the evaluation batches' n and seed do not key its cache"
     fewer = {"llc": {**options["llc"], "heads": False}}
     again = ci.analyze(tiny_run, "llc", steps=steps[-1:], progress=False, cache_dir=tmp_path, options=fewer)
@@ -156,4 +157,5 @@ def test_calibration_script_writes_its_figures(tmp_path):
     r = subprocess.run([sys.executable, str(script), "--fast", "--out", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "ICL peak" in r.stdout and "whole model" in r.stdout
-    assert {f"llc_calibration_{t}.html" for t in ("whole_model", "L0H5", "L1H2")} <= {p.name for p in tmp_path.iterdir()}
+    written = {p.name for p in tmp_path.iterdir()}
+    assert {f"llc_calibration_{t}.html" for t in ("whole_model", "L0H5", "L1H2")} <= written

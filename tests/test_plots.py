@@ -267,7 +267,8 @@ def test_llc_figures(table):
     whole = next(t for t in fig.data if t.name == "LLC")
     assert list(whole.x) == list(STEPS[1:]) and list(whole.y) == [20.0, 30.0, 40.0, 50.0, 60.0]  # step 0 off log x
     assert list(whole.error_y.array) == [1.0] * 5
-    assert {t.name for t in fig.data if t.yaxis == "y3"} == {plots.head_label(l, h) for l in range(2) for h in range(HEADS)}
+    head_lines = {t.name for t in fig.data if t.yaxis == "y3"}
+    assert head_lines == {plots.head_label(layer, h) for layer in range(2) for h in range(HEADS)}
     assert len(vlines(fig)) == 2  # the ICL peak and the CIWL takeover
     heat = figs["rllc_heatmap"].data[0]
     assert heat.z[0, 1] == pytest.approx(-1.0) and heat.customdata[1, 1, 1] == pytest.approx(0.2)  # log10, value

@@ -3,19 +3,21 @@
 Every analysis module exposes `rows(model, batches) -> list[dict]` (keys among metric, evaluator, layer, head,
 src_layer, src_head, component, value); `analyze` adds run, step, seqs_seen and analysis. A module with settings
 defines an `Options` dataclass (with `parse(dict)` and `to_dict()`) and takes `rows(model, batches, options)`.
-Opt-in analyses (OPT_IN: the SGLD-sampled `llc`, minutes per checkpoint, optional dependency) run only when named. Modules are imported
-only when an analysis has to be computed, so a missing one only matters to those who ask for it. Within one
+Opt-in analyses (OPT_IN: the SGLD-sampled `llc`, minutes per checkpoint, optional dependency) run only when
+named. Modules are imported only when an analysis has to be computed, so a missing one only matters to those
+who ask for it. Within one
 checkpoint the analyses share one hooked forward per batch (`clean_run`: query logits and every attention
 pattern), and all of analyze() runs under torch.no_grad().
 
 Cache: RUN/analysis/{analysis}/step_{step:09d}.n{n}.seed{seed}.parquet, the table of one (step, analysis)
 (step_{step:09d}.parquet for OWN_DATA analyses, which draw their own batches).
 Its key rides in the parquet's pandas attrs (pandas >= 2.1 stores them): the analysis, n, seed, a hash of the
-task and model config, of the checkpoint file, the analysis's options if it has any, and of the code that computes the analysis (`code_version`: the analysis
-module and every coopinterp module it imports, transitively, as syntax trees without docstrings, so an edit to
-the code invalidates the cache while an edit to a comment or docstring does not). A file whose key differs, or
-that cannot be read, is recomputed and replaced; `recompute=True` ignores every cached file. A run directory that
-cannot be written is analysed without a cache (one warning).
+task and model config, of the checkpoint file, the analysis's options if it has any, and of the code that
+computes the analysis (`code_version`: the analysis module and every coopinterp module it imports, transitively,
+as syntax trees without docstrings, so an edit to the code invalidates the cache while an edit to a comment or
+docstring does not). A file whose key differs, or that cannot be read, is recomputed and replaced;
+`recompute=True` ignores every cached file. A run directory that cannot be written is analysed without a cache
+(one warning).
 """
 from __future__ import annotations
 
@@ -303,4 +305,5 @@ def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequen
     return out
 
 
-__all__ = ["ANALYSES", "DEFAULT_ANALYSES", "OPT_IN", "OWN_DATA", "CleanRun", "analyze", "clean_run", "code_version", "eval_batches", "shared_forwards"]
+__all__ = ["ANALYSES", "DEFAULT_ANALYSES", "OPT_IN", "OWN_DATA", "CleanRun", "analyze", "clean_run", "code_version",
+           "eval_batches", "shared_forwards"]

@@ -18,7 +18,8 @@ LLC = "llc analysis (SGLD)"
 @friendly
 def analyze_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory."),
-    analyses: Optional[str] = typer.Option(None, "--analyses", help="Comma-separated analyses (default: all but the opt-in llc)."),
+    analyses: Optional[str] = typer.Option(None, "--analyses", help="Comma-separated analyses "
+                                           "(default: all but the opt-in llc)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated checkpoint steps (default: all)."),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches."),

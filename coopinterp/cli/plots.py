@@ -11,6 +11,7 @@ from ..errors import CheckpointError, CoopError
 from .common import app, choices, comma_list, console, err_console, friendly
 
 FORMATS = ("html", "png")
+ANALYSES_HELP = "Analyses to compute for a run (default: all but llc; llc rows are added where cached)."
 
 
 def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
@@ -70,7 +71,7 @@ def plot_cmd(
     source: Path = typer.Argument(..., help="Run directory, or a table (.parquet/.csv) from `coopinterp analyze`."),
     out: Path = typer.Option(..., "--out", help="Folder for the figures (created)."),
     format: str = typer.Option("html,png", "--format", help="Comma-separated: html (offline), png."),
-    analyses: Optional[str] = typer.Option(None, "--analyses", help="Analyses to compute for a run (default: all but llc; llc rows are added where cached)."),
+    analyses: Optional[str] = typer.Option(None, "--analyses", help=ANALYSES_HELP),
     x: str = typer.Option("step", "--x", help="x axis of over-training figures: step or seqs_seen."),
     scale: float = typer.Option(2.0, "--scale", help="PNG pixels per layout pixel."),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch (for a run)."),
@@ -110,7 +111,7 @@ def plot_cmd(
 def report_cmd(
     source: Path = typer.Argument(..., help="Run directory (or a table file: then without the config)."),
     out: Path = typer.Option(..., "--out", help="HTML file to write, e.g. report.html."),
-    analyses: Optional[str] = typer.Option(None, "--analyses", help="Analyses to compute for a run (default: all but llc; llc rows are added where cached)."),
+    analyses: Optional[str] = typer.Option(None, "--analyses", help=ANALYSES_HELP),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch (for a run)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches (for a run)."),
     progress: bool = typer.Option(True, help="Show the analysis progress bar."),
