@@ -24,13 +24,11 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
     from ..tables import read_table
 
     if source.is_dir():
-        from ..analysis import analyze
+        from ..analysis import OPT_IN, analyze
         from ..checkpoints import load_run
-
-        run = load_run(source)
-        from ..analysis import OPT_IN
         from ..tables import concat
 
+        run = load_run(source)
         names = comma_list(analyses) if analyses else None
         table = analyze(run, names, n=n, seed=seed, progress=progress)
         if names is None:
