@@ -5,14 +5,20 @@ The loop (`run_loop`) drives a `Learner`: one seed here (`SingleSeed`), many at 
 (`SeedStack`). Resume is exact: the newest state (float32 weights, Adam moments, the data stream's RNG) is saved
 at every evaluation, on Ctrl-C and at the end, and the forgetting re-inits draw from a generator seeded by
 (seed, step), so an interrupted CPU run continues bit-identically, and a finished run extended to more steps
-ends with the weights of a run trained to that length straight away.
+ends with the weights of a run trained to that length straight away. Ctrl-C (SIGINT) takes effect only between
+two steps (`interrupts_between_steps`): a signal that arrives mid-step, mid-evaluation or mid-checkpoint write
+lets that work finish, so the state saved is one the straight run passes through too. A second Ctrl-C stops
+at once; the run then resumes from its last evaluation, as after a kill.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -192,6 +198,27 @@ class Reporter:
             self.last_line = now
 
 
+@contextmanager
+def interrupts_between_steps() -> Iterator[Callable[[], bool]]:
+    """Inside the block a first SIGINT only raises a flag, which the loop reads between steps (the yielded
+    callable); a second one raises KeyboardInterrupt at once. Outside the main thread, where no handler can be
+    installed and no SIGINT arrives, the flag stays down."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag.is_set
+        return
+
+    def first(signum, frame) -> None:
+        flag.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield flag.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_loop(learner: Learner, config: RunConfig, dirs: list[Path], start: int, progress: bool, label: str) -> None:
     """Train every seed of `learner` from `start` to `config.train.steps`, writing seed j's run into dirs[j]."""
     t = config.train
@@ -206,35 +233,34 @@ def run_loop(learner: Learner, config: RunConfig, dirs: list[Path], start: int, 
     schedule = set(checkpoint_schedule(t.steps, t.n_checkpoints))
     batches = eval_batches(config, learner.device)
     step = start
-    with Reporter(label, t.steps, start, progress) as report:
-        try:
-            while True:
-                if step in schedule:
-                    for j, d in enumerate(dirs):
-                        learner.save_checkpoint(j, d, step)
-                if step % t.eval_every == 0 or step == t.steps:
-                    results = learner.evaluate(batches)
-                    for j, d in enumerate(dirs):
-                        metrics[j] = concat([metrics[j], metric_rows(config.name, step, step * t.batch_size,
-                                                                     results[j])])
-                        write_table(metrics[j], d / "metrics.parquet")
-                        learner.save_state(j, d, step)
-                    report.evaluated(step, results)
-                if step == t.steps:
-                    break
-                if forget_now(config, step):
-                    learner.forget(step)
-                learner.train_step()
-                step += 1
-                if step % 100 == 0:
-                    report.advance(step)
-        except KeyboardInterrupt:
-            for j, d in enumerate(dirs):
-                write_table(metrics[j][metrics[j].step <= step], d / "metrics.parquet")
-                learner.save_state(j, d, step)
-            where = dirs[0] if len(dirs) == 1 else f"{dirs[0].parent} ({len(dirs)} seeds)"
-            raise TrainingInterrupted(f"interrupted at step {step}; state saved in {where}, "
-                                      "run the same command again to resume") from None
+    with Reporter(label, t.steps, start, progress) as report, interrupts_between_steps() as interrupted:
+        while True:
+            if interrupted():  # between steps: weights, Adam, RNG and metrics are those of the straight run here
+                for j, d in enumerate(dirs):
+                    write_table(metrics[j], d / "metrics.parquet")
+                    learner.save_state(j, d, step)
+                where = dirs[0] if len(dirs) == 1 else f"{dirs[0].parent} ({len(dirs)} seeds)"
+                raise TrainingInterrupted(f"interrupted at step {step}; state saved in {where}, "
+                                          "run the same command again to resume")
+            if step in schedule:
+                for j, d in enumerate(dirs):
+                    learner.save_checkpoint(j, d, step)
+            if step % t.eval_every == 0 or step == t.steps:
+                results = learner.evaluate(batches)
+                for j, d in enumerate(dirs):
+                    metrics[j] = concat([metrics[j], metric_rows(config.name, step, step * t.batch_size,
+                                                                 results[j])])
+                    write_table(metrics[j], d / "metrics.parquet")
+                    learner.save_state(j, d, step)
+                report.evaluated(step, results)
+            if step == t.steps:
+                break
+            if forget_now(config, step):
+                learner.forget(step)
+            learner.train_step()
+            step += 1
+            if step % 100 == 0:
+                report.advance(step)
 
 
 def train(config: RunConfig, out_dir: str | Path, progress: bool = True, device: str | None = None) -> Run:

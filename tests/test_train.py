@@ -1,4 +1,3 @@
-import importlib
 import os
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import torch
 
 import coopinterp as ci
 from coopinterp.checkpoints import load_tensors
-from coopinterp.training import TrainingInterrupted, checkpoint_schedule
+from coopinterp.training import checkpoint_schedule
 
 
 def test_tiny_run_learns(tiny_run):
@@ -35,35 +34,6 @@ def _all_weights(run):
         w, _ = load_tensors(run.path / "checkpoints" / f"step_{step:09d}.safetensors")
         out[step] = w
     return out
-
-
-def test_resume_is_bit_identical(tmp_path, tiny_config, monkeypatch):
-    cfg = tiny_config.replace(train={"steps": 120, "eval_every": 40, "n_checkpoints": 4},
-                              task={"holdout_classes": 16}, name="r")
-    whole = ci.train(cfg, tmp_path / "whole", progress=False, device="cpu")
-
-    # Interrupt at step 57 through a KeyboardInterrupt from inside the loop, then resume.
-    tr = importlib.import_module("coopinterp.training")
-    real = tr.sample_train
-    calls = {"n": 0}
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 58:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(tr, "sample_train", flaky)
-    with pytest.raises(TrainingInterrupted, match="interrupted at step 57"):
-        ci.train(cfg, tmp_path / "split", progress=False, device="cpu")
-    monkeypatch.setattr(tr, "sample_train", real)
-    split = ci.train(cfg, tmp_path / "split", progress=False, device="cpu")
-
-    a, b = _all_weights(whole), _all_weights(split)
-    assert a.keys() == b.keys()
-    for step in a:
-        for name in a[step]:
-            assert torch.equal(a[step][name], b[step][name]), (step, name)
-    pd.testing.assert_frame_equal(whole.metrics.drop(columns="run"), split.metrics.drop(columns="run"))
-    assert "icl/holdout" in set(whole.metrics.evaluator)
 
 
 def test_extending_a_finished_run_equals_training_straight_to_its_length(tmp_path, tiny_config):

@@ -8,16 +8,20 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..config import PRESETS
 from ..errors import CoopError
-from .common import app, check_device, console, fail, friendly
+from .common import app, check_device, check_out, console, damaged_checkpoints, fail, friendly, warn
+
+PRESET_NAMES = ", ".join(PRESETS)
 
 
 @app.command("train")
 @friendly
 def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run directory to create, or to resume if it holds this run."),
-    preset: str = typer.Option("demo", help="Preset: paper, demo or tiny."),
-    config: Optional[Path] = typer.Option(None, "--config", help="RunConfig JSON; replaces the preset."),
+    preset: Optional[str] = typer.Option(None, help=f"Preset: {PRESET_NAMES} (or give --config)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="RunConfig JSON (from `coopinterp config`, or a "
+                                                                 "run's run.json), instead of a preset."),
     seed: Optional[int] = typer.Option(None, help="Override train.seed."),
     seeds: Optional[str] = typer.Option(None, help="Train many seeds at once ('0-31' or '0,2,5') into OUT/seed_{s}/."),
     steps: Optional[int] = typer.Option(None, help="Override train.steps."),
@@ -28,28 +32,31 @@ def train_cmd(
     from ..config import RunConfig, preset as get_preset
     from ..training import TrainingInterrupted, default_device, train
 
+    check_out(out, folder=True)
+    if (preset is None) == (config is None):
+        raise CoopError(f"train needs --preset ({PRESET_NAMES}) or --config FILE" if preset is None
+                        else "give --preset or --config, not both")
     rc = RunConfig.from_json(config) if config else get_preset(preset)
     overrides = {k: v for k, v in (("seed", seed), ("steps", steps)) if v is not None}
     if overrides:
         rc = rc.replace(train=overrides)
     device = check_device(device) or default_device()
     t0 = time.perf_counter()
-    if seeds is not None:
-        from .sweep import print_seed_runs
-        from ..multiseed import parse_seeds, train_seeds
-
-        if seed is not None:
-            raise CoopError("give --seed or --seeds, not both")
-        try:
-            runs = train_seeds(rc, parse_seeds(seeds), out, progress=progress, device=device)
-        except TrainingInterrupted as e:
-            fail(str(e), code=130)
-        print_seed_runs(runs, time.perf_counter() - t0)
-        return
+    if seeds is not None and seed is not None:
+        raise CoopError("give --seed or --seeds, not both")
     try:
+        if seeds is not None:
+            from .sweep import print_seed_runs
+            from ..multiseed import parse_seeds, train_seeds
+
+            runs = train_seeds(rc, parse_seeds(seeds), out, progress=progress, device=device)
+            print_seed_runs(runs, time.perf_counter() - t0)
+            return
         run = train(rc, out, progress=progress, device=device)
     except TrainingInterrupted as e:
         fail(str(e), code=130)
+    except KeyboardInterrupt:
+        fail("stopped at once by a second Ctrl-C; the same command resumes from the last evaluation", code=130)
     console.print(f"trained [bold]{rc.name}[/] -> {run.path} ({len(run.steps)} checkpoints, "
                   f"{time.perf_counter() - t0:.0f} s on {device})")
     _print_final_metrics(run.path)
@@ -62,19 +69,22 @@ def info_cmd(
     check: bool = typer.Option(False, "--check", help="Also load every checkpoint into the model and check that "
                                                       "its weights are finite (slower; builds models)."),
 ) -> None:
-    """Show a run's config, checkpoint steps (headers verified) and final evaluator table."""
-    from ..checkpoints import check_headers, list_checkpoints, load_run, read_run_config
+    """Show a run's config, checkpoint steps (headers verified: a damaged one is named, and the rest still shown)
+    and final evaluator table."""
+    from ..checkpoints import list_checkpoints, load_run, read_run_config
 
     if not run_dir.is_dir():
         raise CoopError(f"run directory not found: {run_dir}")
     cfg = read_run_config(run_dir)
     steps = list_checkpoints(run_dir)
-    check_headers(run_dir, steps)
+    damaged = damaged_checkpoints(run_dir, steps)
+    for error in damaged.values():
+        warn(error)
     console.print(f"[bold]{run_dir}[/]  ({cfg.name})")
     for section in ("task", "model", "train"):
         fields = ", ".join(f"{k}={v}" for k, v in cfg.to_dict()[section].items())
         console.print(f"  [cyan]{section}[/]: {fields}", highlight=False)
-    shown = ", ".join(map(str, steps)) if steps else "none (a metrics-only run)"
+    shown = ", ".join(f"{s} (damaged)" if s in damaged else str(s) for s in steps) or "none (a metrics-only run)"
     console.print(f"  [cyan]checkpoints[/] ({len(steps)}): {shown}", highlight=False)
     if check and steps:
         load_run(run_dir).verify()
@@ -106,13 +116,17 @@ def _print_final_metrics(run_dir: Path) -> None:
 @friendly
 def config_cmd(
     source: Optional[Path] = typer.Argument(None, help="A run directory or run.json (default: the --preset)."),
-    preset: str = typer.Option("demo", help="Preset to export when no SOURCE is given: paper, demo or tiny."),
+    preset: str = typer.Option("demo", help=f"Preset to export when no SOURCE is given: {PRESET_NAMES}."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON here (default: print it)."),
 ) -> None:
     """Export a bare RunConfig JSON (from a run or a preset), to edit and pass to `train --config`."""
     from ..config import RunConfig, preset as get_preset
     from ..tables import atomic_path
 
+    if out is not None:
+        check_out(out, (".json",))
+        if out.exists():
+            raise CoopError(f"{out} exists; choose another --out (nothing is overwritten)")
     if source is None:
         rc = get_preset(preset)
     else:
@@ -120,8 +134,6 @@ def config_cmd(
     if out is None:
         print(rc.to_json())
         return
-    if out.exists():
-        raise CoopError(f"{out} exists; choose another --out (nothing is overwritten)")
     with atomic_path(out) as tmp:
         tmp.write_text(rc.to_json() + "\n")
     console.print(f"wrote {out}", highlight=False)
