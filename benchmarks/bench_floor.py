@@ -21,7 +21,7 @@ import torch
 from common import busy_neighbour, loadavg
 
 import coopinterp as ci
-from coopinterp.analysis import DEFAULT_ANALYSES, engine, eval_batches
+from coopinterp.analysis import default_analyses, engine, eval_batches
 from coopinterp.analysis import _compute as compute_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def count_rows(run: ci.Run, step: int, n: int) -> int:
     engine.Engine.score = counting
     try:
         batches = eval_batches(run.config.task, n, 0)
-        for name in DEFAULT_ANALYSES:
+        for name in default_analyses():
             compute_rows(run, step, name, batches, None)
     finally:
         engine.Engine.score = score

@@ -120,8 +120,37 @@ class Run:
             raise CheckpointError(f"run {self.path} has no checkpoint at step {step}; available: {shown or 'none'}")
         return step
 
+    kind = "exemplar"  # the built-in exemplar model (outside.py: token models)
+
     def seqs_seen(self, step: int) -> int:
         return step * self.config.train.batch_size
+
+    def weights_file(self, step: int) -> Path:
+        return checkpoint_path(self.path, step)
+
+    def analysis_config(self) -> dict:
+        """What decides an analysis besides the weights: the task (which sequences) and the model (its shape)."""
+        return {k: v for k, v in self.config.to_dict().items() if k in ("task", "model")}
+
+    def readable(self, step: int) -> bool:
+        """Whether the checkpoint's safetensors header reads (a truncated file's does not)."""
+        try:
+            check_headers(self.path, [step])
+        except CheckpointError:
+            return False
+        return True
+
+    def source_key(self, source: str | None) -> None:
+        """The exemplar model reads its own task's evaluators: no other data source applies."""
+        if source is not None:
+            raise ConfigError(f"--source {source!r} applies to token models; the exemplar run {self.path} is "
+                              "evaluated on its task's evaluators")
+        return None
+
+    def batches(self, source: str | None, n: int, seed: int) -> dict:
+        from .analysis.forwards import eval_batches
+
+        return eval_batches(self.config.task, n, seed, self.device)
 
     def model(self, step: int) -> CoopModel:
         """The model at a checkpointed step, float32, eval mode (a few are kept cached)."""

@@ -276,12 +276,13 @@ def test_stale_or_corrupt_cache_is_recomputed(run_copy, monkeypatch):
     calls = _counting(monkeypatch)
     other_n = ci.analyze(run_copy, ["behavior"], steps=[step], n=48, progress=False)
     assert len(calls) == 1 and not other_n.value.equals(first.value)
-    monkeypatch.setattr(an, "code_version", lambda module: "edited")  # the analysis's code changed
+    bumped = dataclasses.replace(an.registry()["behavior"], version=an.registry()["behavior"].version + 1)
+    monkeypatch.setitem(an.registry(), "behavior", bumped)  # the analysis declares a new version
     ci.analyze(run_copy, ["behavior"], steps=[step], n=32, progress=False)
     assert len(calls) == 2
     ci.analyze(run_copy, ["behavior"], steps=[step], n=32, progress=False, recompute=True)
     assert len(calls) == 3
-    path = an._Cache(run_copy, 32, 0).path(step, "behavior")
+    path = an._Cache(run_copy, 32, 0, None).path(step, "behavior")
     path.write_bytes(b"not parquet")
     again = ci.analyze(run_copy, ["behavior"], steps=[step], n=32, progress=False)
     assert len(calls) == 4
@@ -289,38 +290,48 @@ def test_stale_or_corrupt_cache_is_recomputed(run_copy, monkeypatch):
 
 
 def test_cache_key_follows_task_and_model_not_training_settings(run_copy):
-    key = an._Cache(run_copy, 32, 0).config_hash
+    key = an._Cache(run_copy, 32, 0, None).config_hash
     extended = dataclasses.replace(run_copy, config=run_copy.config.replace(train={"steps": 10 * run_copy.steps[-1]}))
-    assert an._Cache(extended, 32, 0).config_hash == key  # extending a run keeps its cache
+    assert an._Cache(extended, 32, 0, None).config_hash == key  # extending a run keeps its cache
     other = dataclasses.replace(run_copy, config=run_copy.config.replace(task={"eps": 0.9}))
-    assert an._Cache(other, 32, 0).config_hash != key
+    assert an._Cache(other, 32, 0, None).config_hash != key
 
 
-def test_code_version_follows_code_not_docs(tmp_path, monkeypatch):
-    """The hash covers the analysis module and what it imports, transitively; docstrings and comments do not count."""
-    root = tmp_path / "coopinterp"
-    (root / "analysis").mkdir(parents=True)
-    (root / "analysis" / "__init__.py").write_text("")
-    (root / "analysis" / "mine.py").write_text('"""Doc."""\nfrom ..helper import f\n\ndef rows():\n    return f()\n')
-    helper = root / "helper.py"
-    monkeypatch.setattr(an, "_PACKAGE_ROOT", root)
-
-    def version(helper_source: str) -> str:
-        helper.write_text(helper_source)
-        an.code_version.cache_clear()
-        return an.code_version("coopinterp.analysis.mine")
-
-    base = version("def f():\n    return 1\n")
-    assert version('def f():\n    """Now documented."""\n    return 1  # and commented\n') == base
-    assert version("def f():\n    return 2\n") != base
-    an.code_version.cache_clear()
+def test_every_analysis_module_declares_one_record():
+    records = an.registry()
+    assert list(records) == ["behavior", "attention", "composition", "ablation", "path_patching", "clamping",
+                             "paper_checks", "llc"]
+    assert all(r.version >= 1 and r.summary for r in records.values())
+    assert [n for n, r in records.items() if r.opt_in] == ["llc"]
+    assert an.default_analyses() == [n for n in records if n != "llc"]
 
 
-def test_every_analysis_has_its_own_code_version_covering_the_engine():
-    versions = {name: an.code_version(module) for name, module in an.ANALYSES.items()}
-    assert len(set(versions.values())) == len(versions)
-    patching = an.ast.parse(an._source("coopinterp.analysis.patching").read_text())
-    assert "coopinterp.analysis.engine" in an._imports(patching, "coopinterp.analysis")  # the batched engine
+def test_options_are_typed_and_checked():
+    from dataclasses import dataclass
+    from typing import Literal
+
+    from coopinterp.analysis.record import Analysis
+
+    @dataclass(frozen=True)
+    class Opts:
+        mode: Literal["zero", "mean"] = "zero"
+        lr: float = 1e-3
+        draws: int = 10
+        heads: bool = True
+        nbeta: float | None = None
+
+    rec = Analysis("mine", 1, lambda model, batches, options: [], "test", options=Opts)
+    assert rec.parse(None) == {"mode": "zero", "lr": 1e-3, "draws": 10, "heads": True, "nbeta": None}
+    assert rec.parse({"mode": "mean", "lr": "3e-4", "draws": "5", "heads": "false", "nbeta": "none"}) == \
+        {"mode": "mean", "lr": 3e-4, "draws": 5, "heads": False, "nbeta": None}
+    assert rec.parse({"lr": 1})["lr"] == 1.0
+    for bad, match in [({"mode": "one"}, "mine option mode must be 'zero' or 'mean', got 'one'"),
+                       ({"draws": "2.5"}, "draws must be int"), ({"heads": "maybe"}, "heads must be bool"),
+                       ({"nbeta": "x"}, "nbeta must be float or None"), ({"moed": 1}, "unknown mine option moed")]:
+        with pytest.raises(ci.ConfigError, match=match):
+            rec.parse(bad)
+    with pytest.raises(ci.ConfigError, match="takes no options"):
+        an.registry()["behavior"].parse({"x": 1})
 
 
 # --- CLI -------------------------------------------------------------------------------------------------
@@ -334,7 +345,7 @@ def test_cli_analyze_writes_table(run_copy, tmp_path):
     df = read_table(out)
     assert set(df.analysis) == {"behavior", "attention"} and df.step.nunique() == 2
     assert "acc train" in r.output
-    cached = an._Cache(run_copy, 32, 0).path(run_copy.steps[-1], "behavior")
+    cached = an._Cache(run_copy, 32, 0, None).path(run_copy.steps[-1], "behavior")
     before = cached.stat().st_mtime_ns
     r = CliRunner().invoke(app, ["analyze", str(run_copy.path), "--analyses", "behavior", "--steps", steps, "--n", "32",
                                  "--out", str(out), "--no-progress", "--recompute"])

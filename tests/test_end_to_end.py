@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from coopinterp.analysis import DEFAULT_ANALYSES
+from coopinterp.analysis import default_analyses
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ def test_train_analyze_plot_report(tmp_path):
     cli("train", "--preset", "tiny", "--out", run, "--device", "cpu", "--no-progress")
     cli("analyze", run, "--n", "64", "--out", tmp_path / "table.parquet")
     table = pd.read_parquet(tmp_path / "table.parquet")
-    assert set(table.analysis) == set(DEFAULT_ANALYSES)
+    assert set(table.analysis) == set(default_analyses())
     assert not table.value.isna().any()
     cli("analyze", run, "--analyses", "llc", "--llc-chains", "2", "--llc-draws", "10", "--llc-burnin", "5",
         "--out", tmp_path / "llc.parquet")

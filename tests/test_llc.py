@@ -96,7 +96,7 @@ def test_head_restriction_moves_exactly_that_heads_weights(tiny_model):
 
 def test_options_are_checked():
     with pytest.raises(ci.ConfigError, match="unknown llc option draw"):
-        llc.Options.parse({"draw": 10})
+        llc.ANALYSIS.parse({"draw": 10})
     with pytest.raises(ci.ConfigError, match="lr must be > 0"):
         llc.Options(lr=0.0)
     assert llc.Options(batch_size=64).inverse_temperature == pytest.approx(64 / math.log(64))

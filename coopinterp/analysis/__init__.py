@@ -1,33 +1,27 @@
-"""analyze(): the registered analyses at every checkpoint of a run, as one tidy table, cached per (step, analysis).
+"""analyze(): the analyses at every checkpoint of a run, as one tidy table, cached per (step, analysis).
 
-Every analysis module exposes `rows(model, batches) -> list[dict]` (keys among metric, evaluator, layer, head,
-src_layer, src_head, component, value); `analyze` adds run, step, seqs_seen and analysis. A module with settings
-defines an `Options` dataclass (with `parse(dict)` and `to_dict()`) and takes `rows(model, batches, options)`.
-Opt-in analyses (OPT_IN: the SGLD-sampled `llc`, minutes per checkpoint, optional dependency) run only when
-named. Modules are imported only when an analysis has to be computed, so a missing one only matters to those
-who ask for it. Within one
-checkpoint the analyses share one hooked forward per batch (`clean_run`: query logits and every attention
-pattern), and all of analyze() runs under torch.no_grad().
+Every analysis is one module of this package that declares an `ANALYSIS` record (record.py: name, version,
+rows, typed options, opt-in, the kinds of model it applies to, figures, headline); `analyze` adds run, step,
+seqs_seen and analysis to its rows. Opt-in analyses (the SGLD-sampled `llc`: minutes per checkpoint, an optional
+dependency) run only when named; analyses that do not apply to the run's model (the exemplar task's evaluators on a
+token model) are left out of the default set. Within one checkpoint the analyses share one hooked forward per
+batch (`clean_run`: logits and every attention pattern), and all of analyze() runs under torch.no_grad().
 
-Cache: RUN/analysis/{analysis}/step_{step:09d}.n{n}.seed{seed}.parquet, the table of one (step, analysis)
-(step_{step:09d}.parquet for OWN_DATA analyses, which draw their own batches).
-Its key rides in the parquet's pandas attrs (pandas >= 2.1 stores them): the analysis, n, seed, a hash of the
-task and model config, of the checkpoint file, the analysis's options if it has any, and of the code that
-computes the analysis (`code_version`: the analysis module and every coopinterp module it imports, transitively,
-as syntax trees without docstrings, so an edit to the code invalidates the cache while an edit to a comment or
-docstring does not). A file whose key differs, or that cannot be read, is recomputed and replaced;
-`recompute=True` ignores every cached file. A run directory that cannot be written is analysed without a cache
-(one warning).
+Cache: RUN/analysis/{analysis}/step_{step:09d}.n{n}.seed{seed}[.{source}].parquet, the table of one
+(step, analysis) (step_{step:09d}.parquet for analyses that draw their own batches). Its key rides in the parquet's
+pandas attrs: the analysis and its declared version, n, seed, the data source, a hash of the run's task and model
+config, of the checkpoint's weights file, and the analysis's options if it has any. A file whose key differs, or
+that cannot be read, is recomputed and replaced; `recompute=True` ignores every cached file. A run directory that
+cannot be written is analysed without a cache (one warning).
 """
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import importlib
-import importlib.util
 import json
 import multiprocessing as mp
+import pkgutil
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -35,102 +29,53 @@ from typing import Sequence
 
 import pandas as pd
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
-from ..checkpoints import Run, checkpoint_path
 from ..errors import ConfigError, CoopError
 from ..tables import concat, read_table, table, write_table
-from ..task import Batch
 from .forwards import CleanRun, clean_run, eval_batches, shared_forwards
-
-ANALYSES: dict[str, str] = {
-    "behavior": "coopinterp.analysis.behavior",
-    "attention": "coopinterp.analysis.attention",
-    "composition": "coopinterp.analysis.composition",
-    "ablation": "coopinterp.analysis.ablation",
-    "path_patching": "coopinterp.analysis.patching",
-    "clamping": "coopinterp.analysis.clamping",
-    "paper_checks": "coopinterp.analysis.paper_checks",
-    "llc": "coopinterp.analysis.llc",
-}
-OPT_IN = ("llc",)
-OWN_DATA = ("llc",)  # analyses that draw their own batches: their cache ignores the evaluation batches' n and seed
-DEFAULT_ANALYSES = tuple(name for name in ANALYSES if name not in OPT_IN)
-
-
-def _names(analyses: str | Sequence[str] | None) -> list[str]:
-    if analyses is None:
-        return list(DEFAULT_ANALYSES)
-    names = [analyses] if isinstance(analyses, str) else list(analyses)
-    unknown = [a for a in names if a not in ANALYSES]
-    if unknown or not names:
-        raise ConfigError(f"unknown analysis {', '.join(map(repr, unknown)) or '(none given)'}; "
-                          f"choose from {', '.join(ANALYSES)}")
-    return list(dict.fromkeys(names))
-
-
-def _module(name: str):
-    try:
-        return importlib.import_module(ANALYSES[name])
-    except ModuleNotFoundError as e:
-        if e.name != ANALYSES[name]:
-            raise
-        raise CoopError(f"analysis {name!r} is not available: module {ANALYSES[name]} is missing") from None
-
-
-_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _source(module: str) -> Path | None:
-    """The file of a coopinterp module (`coopinterp.a.b` -> a/b.py or a/b/__init__.py), None if there is none."""
-    parts = module.split(".")
-    if parts[0] != "coopinterp":
-        return None
-    base = _PACKAGE_ROOT.joinpath(*parts[1:])
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def _imports(tree: ast.Module, package: str) -> set[str]:
-    """The coopinterp modules a module of `package` imports (`from .x import y` included)."""
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
-                else node.module or ""
-            found |= {base} | {f"{base}.{a.name}" for a in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-    return {name for name in found if _source(name)}
-
-
-def _without_docstrings(tree: ast.Module) -> ast.Module:
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body \
-                and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) \
-                and isinstance(node.body[0].value.value, str):
-            node.body = node.body[1:] or [ast.Pass()]
-    return tree
+from .record import Analysis
 
 
 @functools.lru_cache(maxsize=None)
-def code_version(module: str) -> str:
-    """A hash of the code behind `module`: its syntax tree and those of the coopinterp modules it imports,
-    transitively, docstrings left out (comments never reach the tree)."""
-    seen, todo, digest = set(), [module], hashlib.sha256()
-    while todo:
-        name = todo.pop()
-        path = _source(name)
-        if name in seen or path is None:
-            continue
-        seen.add(name)
-        tree = ast.parse(path.read_text())
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        todo += sorted(_imports(tree, package))
-        digest.update(name.encode() + ast.dump(_without_docstrings(tree)).encode())
-    return digest.hexdigest()[:16]
+def registry() -> dict[str, Analysis]:
+    """Every analysis of this package, by name: the modules that declare an `ANALYSIS` record."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        record = getattr(importlib.import_module(f"{__name__}.{info.name}"), "ANALYSIS", None)
+        if isinstance(record, Analysis):
+            found[record.name] = record
+    return dict(sorted(found.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER)))
+
+
+ORDER = ("behavior", "attention", "composition", "ablation", "path_patching", "clamping", "paper_checks", "llc")
+
+
+def default_analyses(kind: str = "exemplar") -> list[str]:
+    """What analyze() runs when not told: every analysis for this kind of model but the opt-in ones."""
+    return [name for name, a in registry().items() if not a.opt_in and kind in a.models]
+
+
+def _names(analyses: str | Sequence[str] | None, kind: str) -> list[str]:
+    if analyses is None:
+        return default_analyses(kind)
+    names = [analyses] if isinstance(analyses, str) else list(analyses)
+    known = registry()
+    unknown = [a for a in names if a not in known]
+    if unknown or not names:
+        raise ConfigError(f"unknown analysis {', '.join(map(repr, unknown)) or '(none given)'}; "
+                          f"choose from {', '.join(known)}")
+    wrong = [a for a in names if kind not in known[a].models]
+    if wrong:
+        raise ConfigError(f"analysis {', '.join(wrong)} does not apply to this run's {kind} model; "
+                          f"choose from {', '.join(default_analyses(kind))}")
+    return list(dict.fromkeys(names))
 
 
 def _file_hash(path: Path) -> str:
@@ -144,37 +89,40 @@ class _Cache:
     run's own cache is used but never written to.
     """
 
-    def __init__(self, run: Run, n: int, seed: int, cache_dir: str | Path | None = None):
-        self.run, self.n, self.seed = run, n, seed
-        # The task (which sequences are drawn) and the model (its shape) decide an analysis; the training settings
-        # do not, so extending a run (train.steps) keeps its cache.
-        config = {k: v for k, v in run.config.to_dict().items() if k in ("task", "model")}
-        self.config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    def __init__(self, run, n: int, seed: int, source: str | None, cache_dir: str | Path | None = None):
+        self.run, self.n, self.seed, self.source = run, n, seed, source
+        # What decides an analysis's rows besides the weights: the run's task and model config (training settings
+        # do not, so extending a run keeps its cache).
+        self.config_hash = hashlib.sha256(json.dumps(run.analysis_config(), sort_keys=True).encode()).hexdigest()[:16]
         self.root = Path(cache_dir) if cache_dir is not None else run.path / "analysis"
         self.roots = list(dict.fromkeys([self.root, run.path / "analysis"]))
         self.writable = True
 
     def path(self, step: int, analysis: str, root: Path | None = None) -> Path:
-        batches = "" if analysis in OWN_DATA else f".n{self.n}.seed{self.seed}"
-        return (root or self.root) / analysis / f"step_{step:09d}{batches}.parquet"
+        batches = "" if registry()[analysis].own_data else f".n{self.n}.seed{self.seed}"
+        source = "" if self.source is None else f".{hashlib.sha256(self.source.encode()).hexdigest()[:8]}"
+        return (root or self.root) / analysis / f"step_{step:09d}{batches}{source}.parquet"
+
+    def step_key_without_weights(self) -> dict[str, str]:
+        key = {"n": str(self.n), "seed": str(self.seed), "config": self.config_hash}
+        return key if self.source is None else {**key, "source": self.source}
 
     def step_key(self, step: int) -> dict[str, str]:
-        return {"n": str(self.n), "seed": str(self.seed), "config": self.config_hash,
-                "checkpoint": _file_hash(checkpoint_path(self.run.path, step))}
+        return {**self.step_key_without_weights(), "checkpoint": _file_hash(self.run.weights_file(step))}
 
     @staticmethod
     def key(analysis: str, step_key: dict[str, str], options: dict | None) -> dict[str, str]:
-        key = {"analysis": analysis, "code": code_version(ANALYSES[analysis]), **step_key}
-        if analysis in OWN_DATA:
+        record = registry()[analysis]
+        key = {"analysis": analysis, "version": str(record.version), **step_key}
+        if record.own_data:
             del key["n"], key["seed"]
         if options is not None:
             key["options"] = json.dumps(options, sort_keys=True)
         return key
 
-    def get(self, step: int, analysis: str, key: dict[str, str], any_options: bool = False) -> pd.DataFrame | None:
-        """The cached table whose key matches (with `any_options`, whatever options it was computed with)."""
-        if any_options:
-            key = {k: v for k, v in key.items() if k != "options"}
+    def get(self, step: int, analysis: str, key: dict[str, str], ignore: tuple[str, ...] = ()) -> pd.DataFrame | None:
+        """The cached table whose key matches, apart from the entries named in `ignore` (e.g. "options")."""
+        key = {k: v for k, v in key.items() if k not in ignore}
         for root in self.roots:
             path = self.path(step, analysis, root)
             if not path.is_file():
@@ -183,9 +131,7 @@ class _Cache:
                 df = read_table(path)
             except CoopError:
                 continue
-            found = df.attrs.get("cache_key", {})
-            if any_options:
-                found = {k: v for k, v in found.items() if k != "options"}
+            found = {k: v for k, v in df.attrs.get("cache_key", {}).items() if k not in ignore}
             if found == key:
                 df["run"] = self.run.name  # the run may have been renamed or copied since
                 return df
@@ -210,36 +156,31 @@ def _options(names: list[str], options: dict[str, dict] | None) -> dict[str, dic
     stray = sorted(set(options) - set(names))
     if stray:
         raise ConfigError(f"options given for {', '.join(stray)}, which is not among the analyses to run")
-    out = {}
-    for name in names:
-        parse = getattr(_module(name), "Options", None)
-        if parse is None and name in options:
-            raise ConfigError(f"analysis {name!r} takes no options")
-        out[name] = None if parse is None else parse.parse(options.get(name)).to_dict()
-    return out
+    return {name: registry()[name].parse(options.get(name)) for name in names}
 
 
-def _compute(run: Run, step: int, analysis: str, batches: dict[str, Batch], options: dict | None) -> pd.DataFrame:
-    module = _module(analysis)
-    model = run.model(step)
-    rows = module.rows(model, batches) if options is None else module.rows(model, batches, module.Options(**options))
+def _compute(run, step: int, analysis: str, batches: dict, options: dict | None) -> pd.DataFrame:
+    rows = registry()[analysis].compute(run.model(step), batches, options)
     fixed = {"run": run.name, "step": step, "seqs_seen": run.seqs_seen(step), "analysis": analysis}
     return table({**row, **fixed} for row in rows)
 
 
-def _step_frames(run: Run, step: int, options: dict[str, dict | None], n: int, seed: int, recompute: bool,
-                 cache: "_Cache", batches: dict[str, Batch] | None,
+def _step_frames(run, step: int, options: dict[str, dict | None], n: int, seed: int, source: str | None,
+                 recompute: bool, cache: "_Cache", batches: dict | None,
                  cached_only: bool = False) -> tuple[list[pd.DataFrame], dict | None]:
-    """One checkpoint's tables (cached ones reused; with `cached_only` only those), and the evaluation batches
-    if they had to be drawn."""
-    step_key = cache.step_key(step)
+    """One checkpoint's tables (cached ones reused; with `cached_only` only those, whatever their options, and for
+    a damaged checkpoint file those computed before the damage), and the evaluation batches if they had to be
+    drawn."""
+    readable = run.readable(step)
+    step_key = cache.step_key(step) if readable else {**cache.step_key_without_weights(), "checkpoint": ""}
+    ignore = () if not cached_only else ("options",) if readable else ("options", "checkpoint")
     frames = []
     with shared_forwards():  # one checkpoint's clean forwards, shared by its analyses
         for analysis, opts in options.items():
             key = cache.key(analysis, step_key, opts)
-            df = None if recompute else cache.get(step, analysis, key, any_options=cached_only)
+            df = None if recompute else cache.get(step, analysis, key, ignore)
             if df is None and not cached_only:
-                batches = batches or eval_batches(run.config.task, n, seed, run.device)
+                batches = batches or run.batches(source, n, seed)
                 df = _compute(run, step, analysis, batches, opts)
                 cache.put(step, analysis, key, df)
             if df is not None:
@@ -248,37 +189,41 @@ def _step_frames(run: Run, step: int, options: dict[str, dict | None], n: int, s
 
 
 def _worker_step(path: str, device: str, step: int, options: dict[str, dict | None], n: int, seed: int,
-                 recompute: bool, cache_dir: str | None) -> list[pd.DataFrame]:
+                 source: str | None, recompute: bool, cache_dir: str | None) -> list[pd.DataFrame]:
     """`_step_frames` in a worker process (it opens the run itself)."""
-    from ..checkpoints import load_run
+    from ..runs import open_run
 
-    run = load_run(path, device=device)
+    run = open_run(path, device=device)
     with torch.no_grad():
-        return _step_frames(run, step, options, n, seed, recompute, _Cache(run, n, seed, cache_dir), None)[0]
+        cache = _Cache(run, n, seed, run.source_key(source), cache_dir)
+        return _step_frames(run, step, options, n, seed, source, recompute, cache, None)[0]
 
 
-def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequence[int] | None = None,
+def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[int] | None = None,
             n: int = 512, seed: int = 0, progress: bool = True, recompute: bool = False,
             workers: int = 1, cache_dir: str | Path | None = None, options: dict[str, dict] | None = None,
-            cached_only: bool = False) -> pd.DataFrame:
-    """Run `analyses` (default: DEFAULT_ANALYSES, every one but the opt-in `llc`) at `steps` (default: every
-    checkpoint): one tidy frame.
+            cached_only: bool = False, source: str | None = None) -> pd.DataFrame:
+    """Run `analyses` (default: every analysis for the run's kind of model but the opt-in ones) at `steps`
+    (default: every checkpoint): one tidy frame.
 
     Cached (step, analysis) tables whose key matches are reused (module docstring); `recompute` ignores them.
     `workers` > 1 analyses that many checkpoints at once, each in its own process (one thread each, see
     threads.py): on a machine with that many free cores, the whole run takes about 1/workers of the time.
     `cache_dir` writes the cache there instead of RUN/analysis/ (which is still read): for runs not to be written.
     `options` maps an analysis to its settings, e.g. {"llc": {"draws": 100}}; `cached_only` computes nothing
-    and returns the cached tables that match, whatever options they were computed with (the latest computed).
+    and returns the cached tables that match, whatever options they were computed with (the latest computed),
+    and for a damaged checkpoint file whatever file they were computed from (the file before the damage).
+    `source` names the evaluation data of a token model (sources.py; default: repeated random tokens); the
+    built-in exemplar model always reads its task's evaluators.
     """
-    names = _names(analyses)
+    names = _names(analyses, run.kind)
     steps = list(run.steps) if steps is None else list(dict.fromkeys(run.check_step(int(s)) for s in steps))
     if n < 2:
         raise ConfigError(f"n must be >= 2, got {n}")
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     per_analysis = _options(names, options)
-    cache = _Cache(run, n, seed, cache_dir)
+    cache = _Cache(run, n, seed, run.source_key(source), cache_dir)
     bar = Progress(TextColumn("[bold]analyze {task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), disable=not progress)
     per_step: dict[int, list[pd.DataFrame]] = {}
@@ -287,14 +232,14 @@ def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequen
         if workers == 1 or len(steps) == 1 or cached_only:
             batches = None
             for step in steps:
-                per_step[step], batches = _step_frames(run, step, per_analysis, n, seed, recompute, cache, batches,
-                                                       cached_only)
+                per_step[step], batches = _step_frames(run, step, per_analysis, n, seed, source, recompute, cache,
+                                                       batches, cached_only)
                 bar.advance(task)
         else:
             # spawn, not fork: a forked child of a process that has run OpenMP code can hang
             with ProcessPoolExecutor(min(workers, len(steps)), mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_worker_step, str(run.path), run.device, step, per_analysis, n, seed, recompute,
-                                       None if cache_dir is None else str(cache_dir)): step
+                futures = {pool.submit(_worker_step, str(run.path), run.device, step, per_analysis, n, seed, source,
+                                       recompute, None if cache_dir is None else str(cache_dir)): step
                            for step in steps}
                 for future in as_completed(futures):
                     per_step[futures[future]] = future.result()
@@ -305,5 +250,5 @@ def analyze(run: Run, analyses: str | Sequence[str] | None = None, steps: Sequen
     return out
 
 
-__all__ = ["ANALYSES", "DEFAULT_ANALYSES", "OPT_IN", "OWN_DATA", "CleanRun", "analyze", "clean_run", "code_version",
-           "eval_batches", "shared_forwards"]
+__all__ = ["Analysis", "CleanRun", "analyze", "clean_run", "default_analyses", "eval_batches", "registry",
+           "shared_forwards"]

@@ -13,7 +13,17 @@ from transformer_lens.utilities import get_act_name
 from ..config import ModelConfig
 from ..model import CoopModel
 from ..task import Batch
-from .engine import MODES, Engine, Head, Zs, check_mode, head_masks, masked_edit, replacement
+from .engine import (
+    MODES,
+    Engine,
+    Head,
+    Zs,
+    check_mode,
+    head_masks,
+    masked_edit,
+    replacement,
+)
+from .record import Analysis
 
 
 @torch.no_grad()
@@ -78,3 +88,7 @@ def ablate_hooked(model: CoopModel, batch: Batch, heads: Sequence[Head],
     layers = sorted({layer for layer, _ in heads})
     return model.run_with_hooks(batch, fwd_hooks=[(get_act_name("z", layer), partial(write, layer=layer))
                                                   for layer in layers])
+
+
+ANALYSIS = Analysis("ablation", 1, rows, "every head ablated alone (zero, mean, resample): accuracy and loss",
+                    figures=("ablation", "ablation_heatmap_icl"))

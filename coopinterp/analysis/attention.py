@@ -11,6 +11,7 @@ are left out. The `evaluator` column names the batch a score was read from.
 """
 from __future__ import annotations
 
+import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
@@ -18,6 +19,7 @@ from torch import Tensor
 from ..model import CoopModel
 from ..task import Batch
 from .forwards import clean_run
+from .record import Analysis
 
 Patterns = Float[Tensor, "layer n head q_pos k_pos"]
 
@@ -68,3 +70,14 @@ def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
     return [{"metric": metric, "evaluator": ev, "layer": layer, "head": head, "value": value}
             for (metric, ev), s in scores(model, batches).items()
             for layer, per_head in enumerate(s.tolist()) for head, value in enumerate(per_head)]
+
+
+def headline(rows: pd.DataFrame) -> str:
+    best = rows.loc[rows.groupby("metric").value.idxmax()]
+    return "max " + " ".join(f"{m} {v:.2f} ({l}.{h})" for m, v, l, h in
+                             zip(best.metric, best.value, best.layer, best["head"]))
+
+
+ANALYSIS = Analysis("attention", 1, rows, "previous-token, self, induction and skip-trigram attention of every head",
+                    figures=("layer0_attention", "layer1_attention", "induction_heatmap", "circuit_evolution"),
+                    headline=headline)

@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..model import CoopModel
 from ..task import Batch
 from .engine import Engine, Head, check_head, check_mode, masked_edit, replacement
+from .record import Analysis
 
 PROTOCOLS = ("paper", "layer")
 
@@ -189,3 +190,7 @@ def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
             base = {"evaluator": "ciwl", "layer": layer, "head": head, "component": f"s={s:.2f}"}
             out += [{**base, "metric": "acc", "value": a}, {**base, "metric": "loss", "value": c}]
     return out
+
+
+ANALYSIS = Analysis("clamping", 1, rows, "the copier test: CIWL accuracy as a layer-1 head's attention to the true "
+                    "label is clamped")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -21,6 +22,7 @@ from transformer_lens.utilities import composition_scores
 
 from ..model import CoopModel
 from ..task import Batch
+from .record import Analysis
 
 MODES = ("q", "k", "v")
 BASELINE_SAMPLES = 1_000
@@ -58,3 +60,13 @@ def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
             out.append({"metric": f"{mode}_composition_baseline",
                         "value": random_baseline(cfg.d_model, cfg.d_head, mode)})
     return out
+
+
+def headline(rows: pd.DataFrame) -> str:
+    best = rows[~rows.metric.str.endswith("_baseline")].groupby("metric").value.max()
+    base = rows[rows.metric.str.endswith("_baseline")].value.mean()
+    return "max " + " ".join(f"{m} {v:.2f}" for m, v in best.items()) + f" (random {base:.2f})"
+
+
+ANALYSIS = Analysis("composition", 1, rows, "Q/K/V composition scores of every head pair across layers, with a "
+                    "random baseline", figures=("composition",), headline=headline)

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, TypeVar
 
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from torch import Tensor
 from ..errors import ConfigError, CoopError
 from ..model import CoopModel
 from ..task import Batch, sample_train
+from .record import Analysis
 
 B = TypeVar("B")
 Restriction = dict[nn.Parameter, Optional[Tensor]]  # sampled weights -> 0/1 mask of the sampled entries (None: all)
@@ -67,19 +69,6 @@ class Options:
     @property
     def inverse_temperature(self) -> float:
         return self.nbeta if self.nbeta is not None else self.batch_size / math.log(self.batch_size)
-
-    @classmethod
-    def parse(cls, options: dict | None) -> "Options":
-        """From a dict of option values; an unknown key is a one-line error naming the known ones."""
-        options = dict(options or {})
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown llc option {', '.join(unknown)}; choose from {', '.join(known)}")
-        return cls(**options)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def sgld_optimizer():
@@ -221,3 +210,16 @@ def rows(model: CoopModel, batches: dict[str, Batch], options: Options | None = 
         out += [{**base, "metric": f"{metric}_chain", "component": f"chain{c}", "value": float(v)}
                 for c, v in enumerate(per_chain)]
     return out
+
+
+def headline(rows: pd.DataFrame) -> str:
+    whole = rows[rows.metric.isin(["llc", "llc_std"])].set_index("metric").value
+    heads = rows[rows.metric == "rllc"]
+    top = heads.loc[heads.value.idxmax()] if len(heads) else None
+    return f"LLC {whole['llc']:.1f} ± {whole['llc_std']:.1f}" + (
+        "" if top is None else f"; top rLLC {top.value:.2f} ({top.layer}.{top['head']})")
+
+
+ANALYSIS = Analysis("llc", 1, rows, "learning coefficient of the model and refined LLC of every head (SGLD, "
+                    "needs coopinterp[devinterp])", options=Options, opt_in=True, own_data=True,
+                    figures=("llc", "rllc_heatmap"), headline=headline)

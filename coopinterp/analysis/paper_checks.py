@@ -15,6 +15,7 @@ from ..model import CoopModel
 from ..task import Batch
 from .engine import Engine
 from .patching import COMPONENTS, path_patch
+from .record import Analysis
 
 CHECK_COMPONENTS = (*COMPONENTS, "qkv")
 
@@ -33,3 +34,6 @@ def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
             base = {"evaluator": ev, "component": component}
             out += [{**base, "metric": "acc", "value": float(acc)}, {**base, "metric": "loss", "value": float(ce)}]
     return out
+
+
+ANALYSIS = Analysis("paper_checks", 1, rows, "the paper's protocols: K/V/Q check, copier sweep, grafts, direct path")

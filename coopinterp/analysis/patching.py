@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..model import CoopModel
 from ..task import Batch
 from .engine import Engine, check_direct_path, replacement, with_direct_path
+from .record import Analysis
 
 COMPONENTS = ("q", "k", "v")
 Mode = str | Batch  # "mean" | "zero" | "resample", or a counterfactual batch
@@ -177,3 +178,7 @@ def receive_hooked(model: CoopModel, batch: Batch, receivers: Sequence[int], com
 
     hooks = [(get_act_name(c, 1), partial(put, c=c)) for c in component]
     return model.run_with_hooks(batch, fwd_hooks=hooks + list(extra_hooks))
+
+
+ANALYSIS = Analysis("path_patching", 1, rows, "each layer-0 head (or all) patched into each layer-1 head's q, k or v",
+                    figures=("path_patching", "path_patching_icl"))

@@ -1,14 +1,17 @@
 """`coopinterp plot | report | app`: circuit-evolution figures (offline HTML, PNG), a one-page report, the ablation app."""
 from __future__ import annotations
 
+import errno
+import socket
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from ..errors import CheckpointError, CoopError
-from .common import app, choices, comma_list, console, err_console, friendly
+from .common import app, check_out, choices, comma_list, console, damaged_checkpoints, friendly, warn
 
 FORMATS = ("html", "png")
 ANALYSES_HELP = "Analyses to compute for a run (default: all but llc; llc rows are added where cached)."
@@ -24,15 +27,10 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
     from ..tables import read_table
 
     if source.is_dir():
-        from ..analysis import OPT_IN, analyze
         from ..checkpoints import load_run
-        from ..tables import concat
 
         run = load_run(source)
-        names = comma_list(analyses) if analyses else None
-        table = analyze(run, names, n=n, seed=seed, progress=progress)
-        if names is None:
-            table = concat([table, analyze(run, list(OPT_IN), n=n, seed=seed, progress=False, cached_only=True)])
+        table = analyze_run(run, comma_list(analyses) if analyses else None, n, seed, progress)
         try:
             metrics = run.metrics
         except CheckpointError:
@@ -47,6 +45,27 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
     raise CoopError(f"{source} is neither a run directory nor a .parquet/.csv table")
 
 
+def analyze_run(run, names: Optional[list[str]], n: int, seed: int, progress: bool):
+    """The analysis table of a run for its figures: `names` (default: all but the opt-in ones, which join where
+    cached) at every checkpoint; a damaged checkpoint file is named in a warning and adds only its cached tables,
+    so one bad file does not stop a run whose tables are cached."""
+    from ..analysis import analyze, registry
+    from ..tables import concat
+
+    damaged = damaged_checkpoints(run.path, run.steps)
+    tables = [analyze(run, names, steps=[s for s in run.steps if s not in damaged], n=n, seed=seed,
+                      progress=progress)]
+    if damaged:
+        tables.append(analyze(run, names, steps=list(damaged), n=n, seed=seed, progress=False, cached_only=True))
+    if names is None:
+        tables.append(analyze(run, [name for name, a in registry().items() if a.opt_in and run.kind in a.models], n=n, seed=seed, progress=False, cached_only=True))
+    table = concat(tables).sort_values("step", kind="stable", ignore_index=True)
+    for step, error in damaged.items():
+        warn(f"{error}: " + ("its cached tables are used" if (table.step == step).any()
+                             else f"step {step} is left out (no cached tables)"))
+    return table
+
+
 def write_pngs_or_warn(figs: dict, out: Path, scale: float = 2.0) -> list[Path]:
     """PNGs of `figs`, or none with a one-line warning saying how to get them (the command goes on)."""
     from .. import plots
@@ -54,13 +73,13 @@ def write_pngs_or_warn(figs: dict, out: Path, scale: float = 2.0) -> list[Path]:
     try:
         return plots.write_pngs(figs, out, scale=scale)
     except CoopError as e:
-        err_console.print(f"[yellow]warning:[/] no PNGs written: {e}", highlight=False, soft_wrap=True)
+        warn(f"no PNGs written: {e}")
         return []
 
 
 def _report_skipped(skipped: dict[str, str]) -> None:
     for name, why in skipped.items():
-        console.print(f"  [yellow]skipped[/] {name}: {why}", highlight=False)
+        console.print(f"  [yellow]skipped[/] {name}: {escape(why)}", highlight=False)
 
 
 @app.command("plot")
@@ -79,6 +98,7 @@ def plot_cmd(
     """Write every circuit-evolution figure the table supports as offline HTML and/or PNG."""
     from .. import plots
 
+    check_out(out, folder=True)
     formats = choices(format.lower(), FORMATS, "--format")
     if x not in plots.X_AXES:
         raise CoopError(f"--x must be step or seqs_seen, got {x!r}")
@@ -117,6 +137,7 @@ def report_cmd(
     """One self-contained offline HTML page: the run's config and every figure (one plotly.js copy)."""
     from .. import plots
 
+    check_out(out, (".html",))
     t0 = time.perf_counter()
     table, metrics, config, name = load_source(source, analyses, n, seed, progress)
     figs, skipped = plots.figures(table, metrics)
@@ -129,13 +150,31 @@ def report_cmd(
     _report_skipped(skipped)
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail at once, before the app is built, if the server could not bind `host`:`port` (another program has
+    it); the probe binds as the server does (SO_REUSEADDR), so a port left in TIME_WAIT counts as free."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise CoopError(f"--host {host}: {e.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise CoopError(f"port {port} on {host} is in use: pass --port") from None
+            raise CoopError(f"cannot serve on {host}:{port}: {e.strerror}") from None
+
+
 @app.command("app")
 @friendly
 def app_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     port: int = typer.Option(8050, "--port", help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
-    n: int = typer.Option(256, "--n", help="Sequences per evaluator batch."),
+    n: int = typer.Option(512, "--n", help="Sequences per evaluator batch (as analyze and ablate)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches (as analyze and ablate)."),
     step: Optional[int] = typer.Option(None, "--step", help="Checkpoint to open at (default: the last)."),
     heads: Optional[str] = typer.Option(None, "--heads", help="Heads ticked at start, e.g. 0.3,1.5."),
 ) -> None:
@@ -146,9 +185,11 @@ def app_cmd(
 
     if not 0 < port < 65536:
         raise CoopError(f"--port must be in 1-65535, got {port}")
+    check_port(host, port)
     run = load_run(run_dir)
     if step is not None:
         run.check_step(step)
     ticked = parse_heads(heads, run.config.model) if heads else []
-    console.print(f"serving [bold]{run.name}[/] on http://{host}:{port}/ (Ctrl+C to stop)", highlight=False)
-    serve(run, host=host, port=port, n=n, step=step, heads=ticked)
+    console.print(f"serving [bold]{run.name}[/] on http://{host}:{port}/ (Ctrl+C to stop); evaluator batches of "
+                  f"n={n}, seed {seed}", highlight=False)
+    serve(run, host=host, port=port, n=n, seed=seed, step=step, heads=ticked)
