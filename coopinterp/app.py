@@ -42,7 +42,7 @@ def position_labels(context_pairs: int) -> list[str]:
 class Explorer:
     """A run, fixed evaluator batches and one example sequence: ablation results and patterns per choice."""
 
-    def __init__(self, run: Run, n: int = 256, seed: int = 0, example: int = 0):
+    def __init__(self, run: Run, n: int = 512, seed: int = 0, example: int = 0):
         if n < 2:
             raise ConfigError(f"n must be >= 2, got {n}")
         if not 0 <= example < n:
@@ -51,6 +51,7 @@ class Explorer:
         run.cache_size = max(run.cache_size, len(run.steps))  # every checkpoint's model stays loaded once seen
         self.cfg = run.config.model
         self.batches = eval_batches(run.config.task, n, seed)
+        self.seed = seed
         self.example = example
         self.engine = lru_cache(maxsize=None)(self._engine)
         self.clean_z = lru_cache(maxsize=None)(self._clean_z)
@@ -220,7 +221,8 @@ def make_app(explorer: Explorer, step: int | None = None, heads: Sequence[Head] 
                  for layer in range(cfg.n_layers)]
     app.layout = html.Div(style={"fontFamily": "sans-serif", "maxWidth": "1200px", "margin": "auto"}, children=[
         html.H2(f"Head ablation explorer: {run.name}"),
-        html.Div(f"{len(run.steps)} checkpoints; evaluator batches of {len(explorer.batches['train'])} sequences; "
+        html.Div(f"{len(run.steps)} checkpoints; evaluator batches of n={len(explorer.batches['train'])} sequences "
+                 f"drawn with seed {explorer.seed} (`coopinterp ablate` and `analyze` draw the same by default); "
                  "ablated heads are replaced at every position (zero, batch mean, or another sequence's value)."),
         html.Div([html.B("training step"), dcc.Slider(id="step", min=0, max=len(run.steps) - 1, step=None,
                                                        value=start, marks=marks)],
@@ -246,7 +248,7 @@ def make_app(explorer: Explorer, step: int | None = None, heads: Sequence[Head] 
     return app
 
 
-def serve(run: Run, host: str = "127.0.0.1", port: int = 8050, n: int = 256, step: int | None = None,
+def serve(run: Run, host: str = "127.0.0.1", port: int = 8050, n: int = 512, seed: int = 0, step: int | None = None,
           heads: Sequence[Head] = ()) -> None:
     """Run the app's development server (bound to localhost unless told otherwise)."""
-    make_app(Explorer(run, n=n), step, heads).run(host=host, port=port, debug=False)
+    make_app(Explorer(run, n=n, seed=seed), step, heads).run(host=host, port=port, debug=False)

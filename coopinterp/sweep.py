@@ -150,7 +150,7 @@ def _ray(jobs: list[tuple[str, RunConfig, Path]], address: str, workers: int, de
     try:
         import ray
     except ImportError:
-        raise CoopError("--ray needs the optional Ray package: pip install coopinterp[ray]") from None
+        raise CoopError("--ray needs the optional Ray package: pip install 'coopinterp[ray]'") from None
     if address == "local":
         ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
     else:

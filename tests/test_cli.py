@@ -18,7 +18,7 @@ def test_help():
     (("info", "/no/such/run"), "run directory not found: /no/such/run"),
     (("train", "--out", "x", "--preset", "huge"), "unknown preset 'huge'"),
     (("train", "--out", "x", "--bogus"), "No such option: --bogus"),
-    (("train", "--out", "x", "--device", "tpu"), "--device must be cpu or cuda"),
+    (("train", "--out", "x", "--preset", "tiny", "--device", "tpu"), "--device must be cpu or cuda"),
     (("info",), "Missing argument"),
     (("analyze", "x", "--llc-draws", "5"), "--llc-* options apply to the llc analysis: add --analyses llc"),
 ])
@@ -37,10 +37,10 @@ def test_train_then_info(tmp_path):
     assert r.returncode == 0 and "evaluators at step 40" in r.stdout and "ciwl" in r.stdout
     assert "verified: all" in r.stdout
     last = sorted((out / "checkpoints").iterdir())[-1]
-    last.write_bytes(last.read_bytes()[:-100])  # truncated: `info` must notice without --check
+    last.write_bytes(last.read_bytes()[:-100])  # truncated: `info` must notice without --check, and go on
     r = cli("info", str(out))
-    assert r.returncode == 2 and f"checkpoint {last} is corrupt or truncated" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 0 and f"warning: checkpoint {last} is corrupt or truncated" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "evaluators at step 40" in r.stdout
 
 
 def test_help_and_info_do_not_import_transformer_lens(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from . import train  # noqa: F401, I001  (verbs register in import order, the order --help lists them)
 from . import analysis, interventions, plots, minimal, legacy, sweep  # noqa: F401
@@ -30,6 +31,6 @@ def main() -> None:
         hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         if message:
-            err_console.print(f"[bold red]error:[/] {message}{hint}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(message + hint)}", highlight=False, soft_wrap=True)
         sys.exit(getattr(e, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

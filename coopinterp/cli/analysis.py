@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import CoopError
-from .common import app, comma_ints, comma_list, console, friendly
+from .common import app, check_out, comma_ints, comma_list, console, friendly
 
 LLC = "llc analysis (SGLD)"
 
@@ -46,9 +46,9 @@ def analyze_cmd(
     llc_heads: Optional[bool] = typer.Option(None, "--llc-heads/--no-llc-heads", help="llc: also each head's "
                                              "refined LLC.", rich_help_panel=LLC),
 ) -> None:
-    """Compute the tidy per-step metric table (cached per step and analysis under RUN/analysis/).
+    r"""Compute the tidy per-step metric table (cached per step and analysis under RUN/analysis/).
 
-    The opt-in `llc` analysis (needs `pip install 'coopinterp[devinterp]'`) runs only when named in --analyses;
+    The opt-in `llc` analysis (needs `pip install 'coopinterp\[devinterp]'`) runs only when named in --analyses;
     its --llc-* options default to the values calibrated on the shipped demo (docs/reference.md).
     """
     from ..analysis import analyze
@@ -58,14 +58,16 @@ def analyze_cmd(
     llc = {k: v for k, v in dict(lr=llc_lr, localization=llc_localization, nbeta=llc_nbeta, chains=llc_chains,
                                  draws=llc_draws, burnin=llc_burnin, batch_size=llc_batch_size, seed=llc_seed,
                                  heads=llc_heads).items() if v is not None}
+    if out is not None:
+        check_out(out, (".parquet", ".csv"))
     names = comma_list(analyses) if analyses is not None else None
     if llc and "llc" not in (names or []):
         raise CoopError("--llc-* options apply to the llc analysis: add --analyses llc")
     run = load_run(run_dir)
+    out = out or check_out(run.path / "analysis" / "table.parquet", (".parquet", ".csv"))
     t0 = time.perf_counter()
     df = analyze(run, names, steps=comma_ints(steps, "--steps") if steps is not None else None, n=n, seed=seed,
                  progress=progress, recompute=recompute, workers=workers, options={"llc": llc} if llc else None)
-    out = out or run.path / "analysis" / "table.parquet"
     try:
         write_table(df, out)
     except OSError as e:

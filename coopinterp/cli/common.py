@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from ..errors import CoopError
+from ..errors import CheckpointError, CoopError
 
 app = typer.Typer(help="Study how ICL and CIWL circuits form, compete and cooperate across training.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -16,8 +19,14 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one error line (the message literally: `[devinterp]` and paths with brackets are not markup), exit."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """Print one warning line (the message literally) and go on."""
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def friendly(fn: Callable) -> Callable:
@@ -37,6 +46,37 @@ def check_device(device: Optional[str]) -> Optional[str]:
     return device
 
 
+def check_out(path: Path, suffixes: tuple[str, ...] = (), folder: bool = False) -> Path:
+    """Fail before any work on an --out that could not be written: a wrong suffix, a file where a folder goes or
+    a folder where a file goes, or no writable directory to create it in. Creates nothing."""
+    if suffixes and path.suffix not in suffixes:
+        raise CoopError(f"--out {path} must end in {' or '.join(suffixes)}")
+    if folder and path.exists() and not path.is_dir():
+        raise CoopError(f"--out {path} is a file; give a folder")
+    if not folder and path.is_dir():
+        raise CoopError(f"--out {path} is a directory; give a file path")
+    home = path.absolute() if folder and path.is_dir() else path.absolute().parent
+    while not home.exists():  # the folders still to be made go into the nearest one that exists
+        home = home.parent
+    if not home.is_dir():
+        raise CoopError(f"--out {path}: {home} is a file, not a directory")
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise CoopError(f"--out {path}: {home} is not writable")
+    return path
+
+
+def damaged_checkpoints(run_dir: Path, steps: list[int]) -> dict[int, str]:
+    """Each checkpoint of `steps` whose file is damaged (its safetensors header does not read) -> the one-line
+    error naming it; commands that can go on without the file warn with it."""
+    from ..checkpoints import check_headers
+
+    damaged = {}
+    for step in steps:
+        try:
+            check_headers(run_dir, [step])
+        except CheckpointError as e:
+            damaged[step] = str(e)
+    return damaged
 
 
 def comma_list(text: str) -> list[str]:

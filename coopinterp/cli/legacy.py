@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from ..errors import CoopError
-from .common import app, comma_list, console, friendly
+from .common import app, check_out, comma_list, console, friendly
 
 
 @app.command("import-tl")
@@ -25,6 +25,7 @@ def import_tl_cmd(
     from ..config import RunConfig
     from ..legacy import import_tl_checkpoints
 
+    check_out(out, folder=True)
     keys = tuple(comma_list(exemplar_keys))
     if len(keys) != 2 or not all(keys):
         raise CoopError(f"--exemplar-keys needs two comma-separated names (weight,bias), got {exemplar_keys!r}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from .common import app, choices, console, friendly
+from .common import app, check_out, choices, console, friendly
 from .plots import write_pngs_or_warn
 
 FORMATS = ("html", "png", "csv")
@@ -25,6 +25,7 @@ def minimal_cmd(
     from ..minimal import minimal_figure, run_minimal, summarize_minimal
     from ..tables import write_table
 
+    check_out(out, folder=True)
     formats = set(choices(format_spec, FORMATS, "--format"))
     df = run_minimal(steps=steps, seed=seed, init_scale=init_scale, every=every)
     out.mkdir(parents=True, exist_ok=True)

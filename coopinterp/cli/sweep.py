@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError
-from .common import app, check_device, console, friendly
+from .common import app, check_device, check_out, console, friendly
 
 STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red"}
 
@@ -44,12 +44,13 @@ def sweep_cmd(
     out: Path = typer.Option(..., "--out", help="Sweep directory: one run directory per grid point."),
     workers: int = typer.Option(1, "--workers", help="Parallel runs (local processes, or Ray CPUs with --ray local)."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Ray address: 'local' starts Ray here, 'auto' joins a "
-                                                          "running cluster (needs pip install coopinterp[ray])."),
+                                                          "running cluster (needs pip install 'coopinterp\\[ray]')."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if present)."),
 ) -> None:
     """Train every run of a grid not finished yet; a failing run is reported and the others go on."""
     from ..sweep import run_sweep
 
+    check_out(out, folder=True)
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
 
