@@ -46,6 +46,8 @@ def _boot(task: TaskConfig, cfg: ModelConfig) -> nn.Module:
 class CoopModel(nn.Module):
     """The paper's attention-only transformer on exemplar-label sequences."""
 
+    kind = "exemplar"  # analyses tell it from token models (outside.TokenModel) by this
+
     def __init__(self, task: TaskConfig, cfg: ModelConfig, seed: int = 0):
         super().__init__()
         self.task, self.cfg = task, cfg

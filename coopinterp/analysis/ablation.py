@@ -1,10 +1,17 @@
-"""Head ablations on the batched engine: every head alone (the `ablation` analysis) or any sets of heads together,
-with a one-hook-per-set transformer-lens reference (`ablate_hooked`)."""
+"""Head ablations: every head alone (the `ablation` analysis) or any sets of heads together.
+
+The exemplar model runs on the batched engine, with a one-hook-per-set transformer-lens reference
+(`ablate_hooked`). A token model runs through the bridge's own `hook_z`, the ablated heads folded into the batch:
+a forward of S x n sequences ablates S heads at once (`ablated_token_loss`), in chunks that bound the logits'
+memory. Rows: the ablated `loss` (token models: next-token loss) and `delta_loss` (minus the clean loss; token
+models), per evaluator, head and mode (component).
+"""
 from __future__ import annotations
 
 from functools import partial
 from typing import Sequence
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -13,16 +20,9 @@ from transformer_lens.utilities import get_act_name
 from ..config import ModelConfig
 from ..model import CoopModel
 from ..task import Batch
-from .engine import (
-    MODES,
-    Engine,
-    Head,
-    Zs,
-    check_mode,
-    head_masks,
-    masked_edit,
-    replacement,
-)
+from ..sources import TokenBatch
+from .engine import MODES, Engine, Head, Zs, check_mode, head_masks, masked_edit, replacement
+from .forwards import LOGITS_BUDGET, next_token_loss, token_run
 from .record import Analysis
 
 
@@ -52,8 +52,59 @@ def all_heads(cfg: ModelConfig) -> list[Head]:
 
 
 @torch.no_grad()
+def ablated_token_loss(model, batch: TokenBatch, heads: Sequence[Head],
+                       values: list[Float[Tensor, "n pos head d_head"]]) -> Float[Tensor, " sets"]:
+    """Mean next-token loss with each head of `heads` ablated alone (its hook_z replaced by values[layer])."""
+    n, T = batch.tokens.shape
+    H = model.cfg.n_heads
+    per_row = T * model.cfg.d_vocab
+    rows_per_call = max(1, min(n, LOGITS_BUDGET // per_row))
+    sets_per_call = max(1, LOGITS_BUDGET // (rows_per_call * per_row))
+    totals = torch.zeros(len(heads), device=batch.tokens.device)
+    for first_set in range(0, len(heads), sets_per_call):
+        group = heads[first_set: first_set + sets_per_call]
+        S = len(group)
+        for rows in torch.arange(n, device=batch.tokens.device).split(rows_per_call):
+            c = len(rows)
+
+            def ablate(z: Tensor, hook, layer: int) -> Tensor:
+                mask = torch.tensor([[at == layer and h == head for head in range(H)] for at, h in group],
+                                    device=z.device)
+                z = z.view(S, c, *z.shape[1:])
+                return torch.where(mask[:, None, None, :, None], values[layer][rows][None], z).flatten(0, 1)
+
+            layers = sorted({layer for layer, _ in group})
+            logits = model.bridge.run_with_hooks(
+                batch.tokens[rows].repeat(S, 1),
+                fwd_hooks=[(get_act_name("z", layer), partial(ablate, layer=layer)) for layer in layers])
+            loss = next_token_loss(logits, batch.tokens[rows].repeat(S, 1), batch.first)
+            totals[first_set: first_set + S] += loss.view(S, -1).sum(-1)
+    return totals / (n * (T - batch.first - 1))
+
+
+@torch.no_grad()
+def token_rows(model, batches: dict[str, TokenBatch]) -> list[dict]:
+    """Every head ablated alone, in every mode: next-token loss and its change from the clean loss."""
+    heads = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
+    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
+    out = []
+    for ev, batch in batches.items():
+        clean = token_run(model, batch).loss.mean().item()
+        _, cache = model.run_with_cache(batch, names_filter=names)
+        for mode in MODES:
+            losses = ablated_token_loss(model, batch, heads, [replacement(cache[name], mode) for name in names])
+            for (layer, head), value in zip(heads, losses.tolist()):
+                base = {"evaluator": ev, "layer": layer, "head": head, "component": mode}
+                out += [{**base, "metric": "loss", "value": value},
+                        {**base, "metric": "delta_loss", "value": value - clean}]
+    return out
+
+
+@torch.no_grad()
 def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
     """Every head ablated alone, in every mode: acc and loss on every evaluator."""
+    if model.kind == "tokens":
+        return token_rows(model, batches)
     engine, heads, out = Engine(model), all_heads(model.cfg), []
     masks = head_masks([[h] for h in heads], model.cfg)
     for ev, batch in batches.items():
@@ -90,5 +141,15 @@ def ablate_hooked(model: CoopModel, batch: Batch, heads: Sequence[Head],
                                                   for layer in layers])
 
 
-ANALYSIS = Analysis("ablation", 1, rows, "every head ablated alone (zero, mean, resample): accuracy and loss",
+def headline(rows: pd.DataFrame) -> str:
+    delta = rows[rows.metric == "delta_loss"]
+    if delta.empty:
+        return ""
+    top = delta.loc[delta.value.idxmax()]
+    return f"largest loss increase {top.value:.3f} ({top.layer}.{top['head']}, {top.component})"
+
+
+ANALYSIS = Analysis("ablation", 1, rows, "every head ablated alone (zero, mean, resample): accuracy and loss "
+                    "(token models: next-token loss and its change)", models=("exemplar", "tokens"),
+                    headline=headline,
                     figures=("ablation", "ablation_heatmap_icl"))

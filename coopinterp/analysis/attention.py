@@ -1,5 +1,7 @@
 """Attention-pattern scores of every head (docs/reference.md, "Metrics"; A = pattern averaged over the batch).
 
+The exemplar model:
+
 - `prev_token_score` (train batch): mean over label positions p of A[p, p-1].
 - `self_score` (train batch): mean over label positions p of A[p, p].
 - `induction_strength` (flip batch): at the query q, A[q, label of the same-class pair] - A[q, label of the other pair].
@@ -8,6 +10,15 @@
 With context_pairs > 2 several pairs can sit on either side of a contrast; each side is then the mean over
 its label positions (for two pairs this is exactly the difference above), and sequences with an empty side
 are left out. The `evaluator` column names the batch a score was read from.
+
+A token model (on any data source; forwards.relations defines where each kind of head looks):
+- `prev_token_score`, `self_score`: mean over positions p of A[p, p-1] and A[p, p].
+- `duplicate_token_score`: attention mass on earlier positions holding p's token (rows where there is one).
+- `induction_score`: attention mass on the positions right after earlier occurrences of p's token (prefix
+  matching; on repeated random tokens this is A[p, p - L + 1] in the second copy).
+- `copying_score` (weights only, evaluator NA): Elhage et al.'s positive-eigenvalue share of the head's full OV
+  circuit W_E W_OV W_U, sum(eig) / sum(|eig|): near 1 for a head that copies the token it attends to into the
+  prediction (the skip-trigram / copying half of an induction head), raw weights (LayerNorm not folded).
 """
 from __future__ import annotations
 
@@ -18,7 +29,8 @@ from torch import Tensor
 
 from ..model import CoopModel
 from ..task import Batch
-from .forwards import clean_run
+from ..sources import TokenBatch
+from .forwards import clean_run, token_run
 from .record import Analysis
 
 Patterns = Float[Tensor, "layer n head q_pos k_pos"]
@@ -66,9 +78,26 @@ def scores(model: CoopModel, batches: dict[str, Batch]) -> dict[tuple[str, str],
     }
 
 
+def copying_scores(model) -> Float[Tensor, "layer head"]:
+    """Positive-eigenvalue share of every head's W_E W_OV W_U (TL's FactoredMatrix: eigenvalues of the small
+    d_head x d_head product, not of the vocab x vocab matrix)."""
+    eig = (model.bridge.W_E @ model.bridge.OV @ model.bridge.W_U).eigenvalues
+    return eig.sum(-1).real / eig.abs().sum(-1)
+
+
+def token_scores(model, batches: dict[str, TokenBatch]) -> dict[tuple[str, str | None], Float[Tensor, "layer head"]]:
+    out: dict[tuple[str, str | None], Tensor] = {}
+    for ev, batch in batches.items():
+        mass = token_run(model, batch).mass
+        out.update({(f"{rel}_score", ev): mass[rel] for rel in ("prev_token", "self", "duplicate_token", "induction")})
+    out[("copying_score", None)] = copying_scores(model)
+    return out
+
+
 def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
+    found = token_scores(model, batches) if model.kind == "tokens" else scores(model, batches)
     return [{"metric": metric, "evaluator": ev, "layer": layer, "head": head, "value": value}
-            for (metric, ev), s in scores(model, batches).items()
+            for (metric, ev), s in found.items()
             for layer, per_head in enumerate(s.tolist()) for head, value in enumerate(per_head)]
 
 
@@ -78,6 +107,8 @@ def headline(rows: pd.DataFrame) -> str:
                              zip(best.metric, best.value, best.layer, best["head"]))
 
 
-ANALYSIS = Analysis("attention", 1, rows, "previous-token, self, induction and skip-trigram attention of every head",
+ANALYSIS = Analysis("attention", 1, rows, "previous-token, self, induction and skip-trigram attention of every head "
+                    "(token models: previous-token, self, duplicate-token, induction, OV copying)",
+                    models=("exemplar", "tokens"),
                     figures=("layer0_attention", "layer1_attention", "induction_heatmap", "circuit_evolution"),
                     headline=headline)

@@ -69,4 +69,4 @@ def headline(rows: pd.DataFrame) -> str:
 
 
 ANALYSIS = Analysis("composition", 1, rows, "Q/K/V composition scores of every head pair across layers, with a "
-                    "random baseline", figures=("composition",), headline=headline)
+                    "random baseline", models=("exemplar", "tokens"), figures=("composition",), headline=headline)

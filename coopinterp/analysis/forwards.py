@@ -1,7 +1,9 @@
 """What every analysis of one checkpoint shares: the evaluation batches and one clean hooked forward per batch.
 
-Inside `shared_forwards()`, `clean_run` runs each (model, batch) forward once (query logits and every attention
-pattern) and hands the same result to every analysis that asks.
+Inside `shared_forwards()`, `clean_run` (the exemplar model: query logits and every attention pattern) and
+`token_run` (a token model: the next-token loss at every position and each head's attention mass on the token
+relations of `relations`) run each (model, batch) forward once and hand the same result to every analysis that
+asks.
 """
 from __future__ import annotations
 
@@ -9,13 +11,16 @@ from contextlib import contextmanager
 from typing import Iterator, NamedTuple
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 from ..config import TaskConfig
 from ..model import CoopModel
+from ..sources import TokenBatch
 from ..task import EVALUATORS, Batch, make_batch
+
+LOGITS_BUDGET = 1 << 26  # logits per forward chunk of a token model (256 MB in float32)
 
 
 def eval_batches(task: TaskConfig, n: int, seed: int, device: str = "cpu") -> dict[str, Batch]:
@@ -31,7 +36,14 @@ class CleanRun(NamedTuple):
     patterns: Float[Tensor, "layer n head q_pos k_pos"]
 
 
-_memo: dict[tuple[int, int], tuple[CoopModel, Batch, CleanRun]] | None = None
+class TokenRun(NamedTuple):
+    """What one clean forward of a token batch gives every analysis."""
+
+    loss: Float[Tensor, "n scored"]  # next-token loss at each position from batch.first on (the last predicts none)
+    mass: dict[str, Float[Tensor, "layer head"]]  # relation -> mean attention mass on it (rows where it exists)
+
+
+_memo: dict[tuple[int, int], tuple[object, object, CleanRun | TokenRun]] | None = None
 
 
 @contextmanager
@@ -64,3 +76,51 @@ def clean_run(model: CoopModel, batch: Batch) -> CleanRun:
     if _memo is not None:
         _memo[key] = (model, batch, out)  # holding model and batch keeps their ids from being reused
     return out
+
+
+def relations(tokens: Int[Tensor, "n pos"], first: int) -> dict[str, Bool[Tensor, "n q_pos k_pos"]]:
+    """Where each kind of head looks, for every query position p and key position k (both >= first):
+    previous token (k = p - 1), self (k = p), duplicate token (an earlier k with the same token) and induction
+    (k = j + 1 for an earlier j with p's token: prefix matching, transformer-lens's induction pattern)."""
+    n, T = tokens.shape
+    pos = torch.arange(T, device=tokens.device)
+    real = pos >= first
+    valid = real[:, None] & real[None, :] & (pos[None, :] <= pos[:, None])
+    earlier = (tokens[:, :, None] == tokens[:, None, :]) & (pos[None, :] < pos[:, None]) & valid
+    induction = torch.zeros_like(earlier)
+    induction[:, :, 1:] = earlier[:, :, :-1]
+    return {"prev_token": ((pos[None, :] == pos[:, None] - 1) & valid).expand(n, T, T),
+            "self": ((pos[None, :] == pos[:, None]) & valid).expand(n, T, T),
+            "duplicate_token": earlier, "induction": induction & valid}
+
+
+@torch.no_grad()
+def token_run(model, batch: TokenBatch) -> TokenRun:
+    """Next-token loss and attention masses from hooked forwards in chunks of sequences (the logits of a 50k
+    vocabulary do not fit at once), memoised in `shared_forwards`."""
+    key = (id(model), id(batch))
+    if _memo is not None and key in _memo:
+        return _memo[key][2]
+    n, T = batch.tokens.shape
+    names = [get_act_name("pattern", layer) for layer in range(model.cfg.n_layers)]
+    losses, sums, rows = [], {}, {}
+    for chunk in batch.tokens.split(max(1, LOGITS_BUDGET // (T * model.cfg.d_vocab))):
+        logits, cache = model.bridge.run_with_cache(chunk, names_filter=names)
+        losses.append(next_token_loss(logits, chunk, batch.first))
+        patterns = torch.stack([cache[name] for name in names])  # layer n head q k
+        for rel, mask in relations(chunk, batch.first).items():
+            m = mask.to(patterns.dtype)
+            sums[rel] = sums.get(rel, 0) + torch.einsum("lnhqk,nqk->lh", patterns, m)
+            rows[rel] = rows.get(rel, 0) + m.amax(-1).sum()
+    mass = {rel: sums[rel] / rows[rel].clamp(min=1) for rel in sums}
+    out = TokenRun(torch.cat(losses), mass)
+    if _memo is not None:
+        _memo[key] = (model, batch, out)
+    return out
+
+
+def next_token_loss(logits: Float[Tensor, "n pos vocab"], tokens: Int[Tensor, "n pos"],
+                    first: int) -> Float[Tensor, "n scored"]:
+    """Cross-entropy of predicting token p + 1 at every position p >= first."""
+    return torch.nn.functional.cross_entropy(logits[:, first:-1].transpose(1, 2), tokens[:, first + 1:],
+                                             reduction="none")
