@@ -1,0 +1,23 @@
+from pathlib import Path
+
+import typer.main
+
+from coopinterp.cli import app, reference
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_cli_reference_is_the_generated_one():
+    # After adding or changing a command or option, regenerate README's CLI reference with
+    #     python -m coopinterp.cli.reference --write README.md
+    assert reference.section(README) == reference.markdown()
+
+
+def test_the_reference_lists_every_option_of_every_command():
+    text = reference.markdown()
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        assert f"**`coopinterp {name}`**" in text
+        for param in command.params:
+            names = [param.name.upper()] if param.param_type_name == "argument" else param.opts + param.secondary_opts
+            assert all(f"`{n}" in text or f" {n}" in text for n in names), (name, param.name)
