@@ -121,6 +121,7 @@ class Run:
         return step
 
     kind = "exemplar"  # the built-in exemplar model (outside.py: token models)
+    pattern = None  # checkpoint file names are fixed
 
     def seqs_seen(self, step: int) -> int:
         return step * self.config.train.batch_size

@@ -176,6 +176,7 @@ class OutsideRun:
     folders: dict[int, Path]
     config: dict  # the first folder's config.json
     device: str = "cpu"
+    pattern: str | None = None  # the --pattern the folders were found with
     cache_size: int = 2
     _models: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
@@ -270,4 +271,4 @@ def load_outside_run(run_dir: Path, device: str = "cpu", pattern: str | None = N
                                   f"{folders[first_step].name} ({', '.join(diff[:4])})")
     if "vocab_size" not in first:
         raise CheckpointError(f"{folders[first_step] / 'config.json'} has no vocab_size: not a language model config")
-    return OutsideRun(run_dir, folders, configs[first_step], device=device)
+    return OutsideRun(run_dir, folders, configs[first_step], device=device, pattern=pattern)

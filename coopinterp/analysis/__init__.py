@@ -166,14 +166,14 @@ def _compute(run, step: int, analysis: str, batches: dict, options: dict | None)
 
 
 def _step_frames(run, step: int, options: dict[str, dict | None], n: int, seed: int, source: str | None,
-                 recompute: bool, cache: "_Cache", batches: dict | None,
-                 cached_only: bool = False) -> tuple[list[pd.DataFrame], dict | None]:
-    """One checkpoint's tables (cached ones reused; with `cached_only` only those, whatever their options, and for
-    a damaged checkpoint file those computed before the damage), and the evaluation batches if they had to be
-    drawn."""
+                 recompute: bool, cache: "_Cache", batches: dict | None, cached_only: bool = False,
+                 exact: bool = False) -> tuple[list[pd.DataFrame], dict | None]:
+    """One checkpoint's tables (cached ones reused; with `cached_only` only those, whatever their options unless
+    `exact`, and for a damaged checkpoint file those computed before the damage), and the evaluation batches if
+    they had to be drawn."""
     readable = run.readable(step)
     step_key = cache.step_key(step) if readable else {**cache.step_key_without_weights(), "checkpoint": ""}
-    ignore = () if not cached_only else ("options",) if readable else ("options", "checkpoint")
+    ignore = () if not cached_only or exact else ("options",) if readable else ("options", "checkpoint")
     frames = []
     with shared_forwards():  # one checkpoint's clean forwards, shared by its analyses
         for analysis, opts in options.items():
@@ -189,11 +189,12 @@ def _step_frames(run, step: int, options: dict[str, dict | None], n: int, seed: 
 
 
 def _worker_step(path: str, device: str, step: int, options: dict[str, dict | None], n: int, seed: int,
-                 source: str | None, recompute: bool, cache_dir: str | None) -> list[pd.DataFrame]:
+                 source: str | None, recompute: bool, cache_dir: str | None,
+                 pattern: str | None) -> list[pd.DataFrame]:
     """`_step_frames` in a worker process (it opens the run itself)."""
     from ..runs import open_run
 
-    run = open_run(path, device=device)
+    run = open_run(path, device=device, pattern=pattern)
     with torch.no_grad():
         cache = _Cache(run, n, seed, run.source_key(source), cache_dir)
         return _step_frames(run, step, options, n, seed, source, recompute, cache, None)[0]
@@ -208,7 +209,8 @@ def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[in
 
     Cached (step, analysis) tables whose key matches are reused (module docstring); `recompute` ignores them.
     `workers` > 1 analyses that many checkpoints at once, each in its own process (one thread each, see
-    threads.py): on a machine with that many free cores, the whole run takes about 1/workers of the time.
+    threads.py): on a machine with that many free cores, the whole run takes about 1/workers of the time. Cached
+    tables are read first; with fewer than two checkpoints per worker left to compute, they are computed here.
     `cache_dir` writes the cache there instead of RUN/analysis/ (which is still read): for runs not to be written.
     `options` maps an analysis to its settings, e.g. {"llc": {"draws": 100}}; `cached_only` computes nothing
     and returns the cached tables that match, whatever options they were computed with (the latest computed),
@@ -229,18 +231,26 @@ def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[in
     per_step: dict[int, list[pd.DataFrame]] = {}
     with bar, torch.no_grad():
         task = bar.add_task(run.name, total=len(steps))
-        if workers == 1 or len(steps) == 1 or cached_only:
-            batches = None
+        todo = steps
+        if workers > 1 and len(steps) > 1 and not cached_only and not recompute:
+            # what is cached is read here; only checkpoints with something to compute go to worker processes
             for step in steps:
+                per_step[step], _ = _step_frames(run, step, per_analysis, n, seed, source, False, cache, None,
+                                                 cached_only=True, exact=True)
+            todo = [step for step in steps if len(per_step[step]) < len(per_analysis)]
+            bar.advance(task, len(steps) - len(todo))
+        if workers == 1 or len(todo) < 2 * workers or cached_only:  # a worker costs seconds to start (imports)
+            batches = None
+            for step in todo:
                 per_step[step], batches = _step_frames(run, step, per_analysis, n, seed, source, recompute, cache,
                                                        batches, cached_only)
                 bar.advance(task)
         else:
             # spawn, not fork: a forked child of a process that has run OpenMP code can hang
-            with ProcessPoolExecutor(min(workers, len(steps)), mp_context=mp.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
                 futures = {pool.submit(_worker_step, str(run.path), run.device, step, per_analysis, n, seed, source,
-                                       recompute, None if cache_dir is None else str(cache_dir)): step
-                           for step in steps}
+                                       recompute, None if cache_dir is None else str(cache_dir), run.pattern): step
+                           for step in todo}
                 for future in as_completed(futures):
                     per_step[futures[future]] = future.result()
                     bar.advance(task)

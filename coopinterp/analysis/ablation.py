@@ -19,9 +19,19 @@ from transformer_lens.utilities import get_act_name
 
 from ..config import ModelConfig
 from ..model import CoopModel
-from ..task import Batch
+from ..outside import TokenModel
 from ..sources import TokenBatch
-from .engine import MODES, Engine, Head, Zs, check_mode, head_masks, masked_edit, replacement
+from ..task import Batch
+from .engine import (
+    MODES,
+    Engine,
+    Head,
+    Zs,
+    check_mode,
+    head_masks,
+    masked_edit,
+    replacement,
+)
 from .forwards import LOGITS_BUDGET, next_token_loss, token_run
 from .record import Analysis
 
@@ -52,7 +62,7 @@ def all_heads(cfg: ModelConfig) -> list[Head]:
 
 
 @torch.no_grad()
-def ablated_token_loss(model, batch: TokenBatch, heads: Sequence[Head],
+def ablated_token_loss(model: TokenModel, batch: TokenBatch, heads: Sequence[Head],
                        values: list[Float[Tensor, "n pos head d_head"]]) -> Float[Tensor, " sets"]:
     """Mean next-token loss with each head of `heads` ablated alone (its hook_z replaced by values[layer])."""
     n, T = batch.tokens.shape
@@ -83,7 +93,7 @@ def ablated_token_loss(model, batch: TokenBatch, heads: Sequence[Head],
 
 
 @torch.no_grad()
-def token_rows(model, batches: dict[str, TokenBatch]) -> list[dict]:
+def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
     """Every head ablated alone, in every mode: next-token loss and its change from the clean loss."""
     heads = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
     names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
@@ -101,7 +111,7 @@ def token_rows(model, batches: dict[str, TokenBatch]) -> list[dict]:
 
 
 @torch.no_grad()
-def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
+def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
     """Every head ablated alone, in every mode: acc and loss on every evaluator."""
     if model.kind == "tokens":
         return token_rows(model, batches)

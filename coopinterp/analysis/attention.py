@@ -28,8 +28,9 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..model import CoopModel
-from ..task import Batch
+from ..outside import TokenModel
 from ..sources import TokenBatch
+from ..task import Batch
 from .forwards import clean_run, token_run
 from .record import Analysis
 
@@ -78,14 +79,15 @@ def scores(model: CoopModel, batches: dict[str, Batch]) -> dict[tuple[str, str],
     }
 
 
-def copying_scores(model) -> Float[Tensor, "layer head"]:
+def copying_scores(model: TokenModel) -> Float[Tensor, "layer head"]:
     """Positive-eigenvalue share of every head's W_E W_OV W_U (TL's FactoredMatrix: eigenvalues of the small
     d_head x d_head product, not of the vocab x vocab matrix)."""
     eig = (model.bridge.W_E @ model.bridge.OV @ model.bridge.W_U).eigenvalues
     return eig.sum(-1).real / eig.abs().sum(-1)
 
 
-def token_scores(model, batches: dict[str, TokenBatch]) -> dict[tuple[str, str | None], Float[Tensor, "layer head"]]:
+def token_scores(model: TokenModel,
+                 batches: dict[str, TokenBatch]) -> dict[tuple[str, str | None], Float[Tensor, "layer head"]]:
     out: dict[tuple[str, str | None], Tensor] = {}
     for ev, batch in batches.items():
         mass = token_run(model, batch).mass
@@ -94,7 +96,7 @@ def token_scores(model, batches: dict[str, TokenBatch]) -> dict[tuple[str, str |
     return out
 
 
-def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
+def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
     found = token_scores(model, batches) if model.kind == "tokens" else scores(model, batches)
     return [{"metric": metric, "evaluator": ev, "layer": layer, "head": head, "value": value}
             for (metric, ev), s in found.items()
@@ -102,6 +104,7 @@ def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
 
 
 def headline(rows: pd.DataFrame) -> str:
+    rows = rows.dropna(subset=["value"])  # a head whose OV circuit is zero has no copying score
     best = rows.loc[rows.groupby("metric").value.idxmax()]
     return "max " + " ".join(f"{m} {v:.2f} ({l}.{h})" for m, v, l, h in
                              zip(best.metric, best.value, best.layer, best["head"]))

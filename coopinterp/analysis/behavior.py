@@ -9,13 +9,14 @@ from __future__ import annotations
 import pandas as pd
 
 from ..model import CoopModel
-from ..task import Batch, accuracy, loss
+from ..outside import TokenModel
 from ..sources import TokenBatch
+from ..task import Batch, accuracy, loss
 from .forwards import clean_run, token_run
 from .record import Analysis
 
 
-def token_rows(model, batches: dict[str, TokenBatch]) -> list[dict]:
+def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
     out = []
     for ev, batch in batches.items():
         loss_at = token_run(model, batch).loss  # n scored; scored index i predicts token first + i + 1
@@ -27,7 +28,7 @@ def token_rows(model, batches: dict[str, TokenBatch]) -> list[dict]:
     return out
 
 
-def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
+def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
     if model.kind == "tokens":
         return token_rows(model, batches)
     out = []

@@ -21,6 +21,8 @@ from transformer_lens import FactoredMatrix
 from transformer_lens.utilities import composition_scores
 
 from ..model import CoopModel
+from ..outside import TokenModel
+from ..sources import TokenBatch
 from ..task import Batch
 from .record import Analysis
 
@@ -28,7 +30,7 @@ MODES = ("q", "k", "v")
 BASELINE_SAMPLES = 1_000
 
 
-def scores(model: CoopModel, mode: str) -> Float[Tensor, "src_layer src_head layer head"]:
+def scores(model: CoopModel | TokenModel, mode: str) -> Float[Tensor, "src_layer src_head layer head"]:
     """TL's composition scores of every head pair; zero unless src_layer < layer."""
     return model.bridge.all_composition_scores(mode.upper()).scores
 
@@ -47,7 +49,7 @@ def random_baseline(d_model: int, d_head: int, mode: str, samples: int = BASELIN
     return composition_scores(src_ov, dst, broadcast_dims=False).mean().item()
 
 
-def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
+def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
     cfg = model.cfg
     out = []
     for mode in MODES:

@@ -17,6 +17,7 @@ from transformer_lens.utilities import get_act_name
 
 from ..config import TaskConfig
 from ..model import CoopModel
+from ..outside import TokenModel
 from ..sources import TokenBatch
 from ..task import EVALUATORS, Batch, make_batch
 
@@ -95,7 +96,7 @@ def relations(tokens: Int[Tensor, "n pos"], first: int) -> dict[str, Bool[Tensor
 
 
 @torch.no_grad()
-def token_run(model, batch: TokenBatch) -> TokenRun:
+def token_run(model: TokenModel, batch: TokenBatch) -> TokenRun:
     """Next-token loss and attention masses from hooked forwards in chunks of sequences (the logits of a 50k
     vocabulary do not fit at once), memoised in `shared_forwards`."""
     key = (id(model), id(batch))

@@ -1,6 +1,7 @@
 """`coopinterp analyze`: the per-step metric table of a run, written to parquet or CSV."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -11,63 +12,50 @@ from rich.table import Table
 from ..errors import CoopError
 from .common import app, check_out, comma_ints, comma_list, console, friendly
 
-LLC = "llc analysis (SGLD)"
-
 
 @app.command("analyze")
 @friendly
 def analyze_cmd(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
-    analyses: Optional[str] = typer.Option(None, "--analyses", help="Comma-separated analyses "
-                                           "(default: all but the opt-in llc)."),
+    run_dir: Path = typer.Argument(..., help="A coopinterp run directory, or a directory of Hugging Face checkpoint "
+                                   "folders (step1000/, checkpoint-1000/, or --pattern)."),
+    analyses: Optional[str] = typer.Option(None, "--analyses", help="Comma-separated analyses (default: every one "
+                                           "for the run's kind of model but the opt-in llc; see `coopinterp "
+                                           "analyses`)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated checkpoint steps (default: all)."),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches."),
+    source: Optional[str] = typer.Option(None, "--source", help="Token models' data: repeated (default), "
+                                         "repeated:L, tokens:FILE.npy or text:FILE.txt."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help=r"Regex naming checkpoint folders, first group "
+                                          r"the step (e.g. 'ckpt_(\d+)')."),
+    option: list[str] = typer.Option([], "--option", help="An analysis option NAME.KEY=VALUE, e.g. llc.draws=100 "
+                                     "(repeatable; `coopinterp analyses` lists them)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Table path, .parquet or .csv "
                                        "(default: RUN/analysis/table.parquet)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     recompute: bool = typer.Option(False, "--recompute", help="Ignore cached tables and compute everything again."),
-    workers: int = typer.Option(1, "--workers", help="Checkpoints analysed at once, one process each "
-                                                     "(use the number of free cores)."),
-    llc_lr: Optional[float] = typer.Option(None, "--llc-lr", help="llc: SGLD step size.", rich_help_panel=LLC),
-    llc_localization: Optional[float] = typer.Option(None, "--llc-localization", help="llc: pull towards the "
-                                                     "checkpoint (gamma).", rich_help_panel=LLC),
-    llc_nbeta: Optional[float] = typer.Option(None, "--llc-nbeta", help="llc: inverse temperature "
-                                              "(default batch / log batch).", rich_help_panel=LLC),
-    llc_chains: Optional[int] = typer.Option(None, "--llc-chains", help="llc: SGLD chains.", rich_help_panel=LLC),
-    llc_draws: Optional[int] = typer.Option(None, "--llc-draws", help="llc: SGLD steps per chain averaged.",
-                                            rich_help_panel=LLC),
-    llc_burnin: Optional[int] = typer.Option(None, "--llc-burnin", help="llc: SGLD steps per chain left out first.",
-                                             rich_help_panel=LLC),
-    llc_batch_size: Optional[int] = typer.Option(None, "--llc-batch-size", help="llc: sequences per SGLD step.",
-                                                 rich_help_panel=LLC),
-    llc_seed: Optional[int] = typer.Option(None, "--llc-seed", help="llc: seed of the batches and the noise.",
-                                           rich_help_panel=LLC),
-    llc_heads: Optional[bool] = typer.Option(None, "--llc-heads/--no-llc-heads", help="llc: also each head's "
-                                             "refined LLC.", rich_help_panel=LLC),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Checkpoints analysed at once, one process each "
+                                          "(default: this machine's cores)."),
 ) -> None:
     r"""Compute the tidy per-step metric table (cached per step and analysis under RUN/analysis/).
 
     The opt-in `llc` analysis (needs `pip install 'coopinterp\[devinterp]'`) runs only when named in --analyses;
-    its --llc-* options default to the values calibrated on the shipped demo (docs/reference.md).
+    its options (--option llc.KEY=VALUE) default to the values calibrated on the shipped demo (docs/reference.md).
     """
     from ..analysis import analyze
-    from ..checkpoints import load_run
+    from ..runs import open_run
     from ..tables import write_table
 
-    llc = {k: v for k, v in dict(lr=llc_lr, localization=llc_localization, nbeta=llc_nbeta, chains=llc_chains,
-                                 draws=llc_draws, burnin=llc_burnin, batch_size=llc_batch_size, seed=llc_seed,
-                                 heads=llc_heads).items() if v is not None}
     if out is not None:
         check_out(out, (".parquet", ".csv"))
     names = comma_list(analyses) if analyses is not None else None
-    if llc and "llc" not in (names or []):
-        raise CoopError("--llc-* options apply to the llc analysis: add --analyses llc")
-    run = load_run(run_dir)
+    options = parse_option_flags(option, names)
+    run = open_run(run_dir, pattern=pattern)
     out = out or check_out(run.path / "analysis" / "table.parquet", (".parquet", ".csv"))
     t0 = time.perf_counter()
     df = analyze(run, names, steps=comma_ints(steps, "--steps") if steps is not None else None, n=n, seed=seed,
-                 progress=progress, recompute=recompute, workers=workers, options={"llc": llc} if llc else None)
+                 progress=progress, recompute=recompute, workers=workers or default_workers(), options=options,
+                 source=source)
     try:
         write_table(df, out)
     except OSError as e:
@@ -90,23 +78,43 @@ def _summary(df) -> None:
 
 
 def _headline(g) -> str:
-    if g.empty:
-        return ""
-    if g.analysis.iloc[0] == "behavior":
-        acc = g[g.metric == "acc"]
-        return "acc " + " ".join(f"{ev} {v:.2f}" for ev, v in zip(acc.evaluator, acc.value))
-    if g.analysis.iloc[0] == "attention":
-        best = g.loc[g.groupby("metric").value.idxmax()]
-        return "max " + " ".join(f"{m} {v:.2f} ({l}.{h})" for m, v, l, h in
-                                 zip(best.metric, best.value, best.layer, best["head"]))
-    if g.analysis.iloc[0] == "llc":
-        whole = g[g.metric.isin(["llc", "llc_std"])].set_index("metric").value
-        heads = g[g.metric == "rllc"]
-        top = heads.loc[heads.value.idxmax()] if len(heads) else None
-        return f"LLC {whole['llc']:.1f} ± {whole['llc_std']:.1f}" + (
-            "" if top is None else f"; top rLLC {top.value:.2f} ({top.layer}.{top['head']})")
-    if g.analysis.iloc[0] == "composition":
-        best = g[~g.metric.str.endswith("_baseline")].groupby("metric").value.max()
-        base = g[g.metric.str.endswith("_baseline")].value.mean()
-        return "max " + " ".join(f"{m} {v:.2f}" for m, v in best.items()) + f" (random {base:.2f})"
-    return ""
+    from ..analysis import registry
+
+    record = registry().get(str(g.analysis.iloc[0])) if len(g) else None
+    return record.headline(g) if record is not None and record.headline is not None else ""
+
+
+def parse_option_flags(flags: list[str], names: list[str] | None) -> dict[str, dict[str, str]] | None:
+    """['llc.draws=100', ...] -> {'llc': {'draws': '100'}}; each analysis's record converts and checks the values."""
+    options: dict[str, dict[str, str]] = {}
+    for flag in flags:
+        target, eq, value = flag.partition("=")
+        name, dot, key = target.partition(".")
+        if not (eq and dot and name and key):
+            raise CoopError(f"bad --option {flag!r}: write NAME.KEY=VALUE, e.g. llc.draws=100")
+        options.setdefault(name, {})[key] = value
+    stray = sorted(set(options) - set(names or []))
+    if stray:
+        raise CoopError(f"--option {stray[0]}.* applies to the {stray[0]} analysis: add --analyses {stray[0]}")
+    return options or None
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+@app.command("analyses")
+@friendly
+def analyses_cmd() -> None:
+    """List every analysis: what it computes, which models it applies to, its options and figures."""
+    from ..analysis import registry
+    from ..analysis.record import describe_options
+
+    table = Table(title="analyses (coopinterp analyze --analyses NAME --option NAME.KEY=VALUE)")
+    for column in ("name", "version", "models", "what it computes", "options (type = default)", "figures"):
+        table.add_column(column)
+    for name, record in registry().items():
+        opts = "\n".join(f"{k}: {t} = {d}" for k, t, d in describe_options(record.options))
+        table.add_row(name + (" (opt-in)" if record.opt_in else ""), str(record.version), ", ".join(record.models),
+                      record.summary, opts, ", ".join(record.figures))
+    console.print(table)

@@ -58,7 +58,8 @@ def analyze_run(run, names: Optional[list[str]], n: int, seed: int, progress: bo
     if damaged:
         tables.append(analyze(run, names, steps=list(damaged), n=n, seed=seed, progress=False, cached_only=True))
     if names is None:
-        tables.append(analyze(run, [name for name, a in registry().items() if a.opt_in and run.kind in a.models], n=n, seed=seed, progress=False, cached_only=True))
+        opt_in = [name for name, a in registry().items() if a.opt_in and run.kind in a.models]
+        tables.append(analyze(run, opt_in, n=n, seed=seed, progress=False, cached_only=True))
     table = concat(tables).sort_values("step", kind="stable", ignore_index=True)
     for step, error in damaged.items():
         warn(f"{error}: " + ("its cached tables are used" if (table.step == step).any()

@@ -1,0 +1,258 @@
+"""Runs from outside: Hugging Face checkpoint folders of GPT-2, GPT-NeoX and Llama models, built here (no download).
+
+Known answers: a GPT-2 with a hand-set previous-token head (L0H0) and a hand-set induction head (L1H1) reading it;
+every architecture's attention scores recomputed from Hugging Face's own `output_attentions`; zero-ablating a head
+through hook_z equals zeroing its slice of the output projection in the Hugging Face weights.
+"""
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import coopinterp.analysis as an
+from coopinterp.analysis.ablation import ablated_token_loss
+from coopinterp.analysis.forwards import next_token_loss
+from coopinterp.cli import app
+from coopinterp.errors import CheckpointError, ConfigError
+from coopinterp.runs import open_run
+
+transformers = pytest.importorskip("transformers")
+V, CTX = 32, 32  # vocabulary and context of the planted GPT-2
+
+
+def _save(model, folder: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def planted_gpt2() -> "transformers.GPT2LMHeadModel":
+    """2 layers, 3 heads of 32 dims in a 96-dim stream: positions one-hot in dims 0-31, tokens in 32-63. L0H0
+    attends to the previous position and writes that position's token into dims 64-95; L1H1's query reads the
+    current token, its key the previous token written there: it attends to the position after an earlier occurrence
+    of the current token (induction). Every other weight is zero, so the other heads attend uniformly."""
+    cfg = transformers.GPT2Config(vocab_size=V, n_positions=CTX, n_embd=96, n_layer=2, n_head=3, bos_token_id=None,
+                                  eos_token_id=None)
+    model = transformers.GPT2LMHeadModel(cfg)
+    d, eye = 96, torch.eye(32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for ln in [b.ln_1 for b in model.transformer.h] + [b.ln_2 for b in model.transformer.h] + \
+                [model.transformer.ln_f]:
+            ln.weight.fill_(1.0)
+        model.transformer.wpe.weight[:, :32] = eye
+        model.transformer.wte.weight[:, 32:64] = eye  # tied to the unembedding
+        W0 = model.transformer.h[0].attn.c_attn.weight  # [d, 3d]: q | k | v, heads side by side (x @ W)
+        W0[:32, 0:32] = 4 * eye  # q: position p
+        W0[:31, d + 1:d + 32] = 4 * torch.eye(31)  # k: position j -> slot j + 1
+        W0[32:64, 2 * d:2 * d + 32] = eye  # v: the token
+        model.transformer.h[0].attn.c_proj.weight[0:32, 64:96] = 0.15 * eye  # into the previous-token dims
+        W1 = model.transformer.h[1].attn.c_attn.weight
+        W1[32:64, 32:64] = 3 * eye  # head 1's q: the current token
+        W1[64:96, d + 32:d + 64] = 3 * eye  # head 1's k: the previous token
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("planted")
+    model = planted_gpt2()
+    for step in (0, 500):
+        _save(model, root / f"step{step}")
+    return root
+
+
+def tiny(arch: str):
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=61, n_positions=40, n_embd=32,
+                                                                    n_layer=3, n_head=4))
+    if arch == "neox":
+        return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+            vocab_size=61, max_position_embeddings=40, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+            intermediate_size=64))
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=61, max_position_embeddings=40, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64))
+
+
+@pytest.fixture(scope="module", params=["gpt2", "neox", "llama"])
+def arch_run(request, tmp_path_factory) -> tuple[str, Path]:
+    root = tmp_path_factory.mktemp(request.param)
+    _save(tiny(request.param), root / "checkpoint-10")
+    return request.param, root
+
+
+def hf_attentions(folder: Path, tokens: torch.Tensor) -> torch.Tensor:
+    """[layer, n, head, q, k] from Hugging Face itself (eager attention returns the weights)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    with torch.no_grad():
+        return torch.stack(model(tokens, output_attentions=True).attentions)
+
+
+def test_planted_heads_score_as_built(planted_run, tmp_path):
+    run = open_run(planted_run)
+    assert run.steps == [0, 500] and run.kind == "tokens"
+    df = an.analyze(run, ["attention", "behavior"], n=64, progress=False, cache_dir=tmp_path)
+    last = df[df.step == 500].set_index(["metric", "layer", "head"]).value
+    assert last["prev_token_score", 0, 0] > 0.95
+    assert last["induction_score", 1, 1] > 0.95
+    others = [last["induction_score", layer, head] for layer in (0, 1) for head in range(3) if (layer, head) != (1, 1)]
+    assert max(others) < 0.3
+    assert max(last["prev_token_score", layer, head] for layer in (0, 1) for head in (1, 2)) < 0.3
+    assert set(df.evaluator.dropna()) == {"repeated_tokens"}
+
+
+@pytest.mark.parametrize("relation", ["prev_token", "induction"])
+def test_scores_match_hugging_face_attentions(arch_run, relation, tmp_path):
+    """The table's scores equal the same quantity computed here, directly, from HF's output_attentions, on a token
+    file of repeated blocks without repeats inside a block (so the induction target of p is p - L + 1)."""
+    arch, root = arch_run
+    rng, L = np.random.default_rng(0), 15
+    blocks = np.stack([rng.permutation(61)[:L] for _ in range(12)])
+    np.save(tmp_path / "rep.npy", np.concatenate([blocks, blocks], 1))
+    df = an.analyze(open_run(root), ["attention"], n=12, progress=False, cache_dir=tmp_path,
+                    source=f"tokens:{tmp_path / 'rep.npy'}")
+    A = hf_attentions(root / "checkpoint-10", torch.from_numpy(np.concatenate([blocks, blocks], 1)))
+    rows = range(1, 2 * L) if relation == "prev_token" else range(L, 2 * L)
+    keys = [p - 1 if relation == "prev_token" else p - L + 1 for p in rows]
+    want = torch.stack([A[..., p, k] for p, k in zip(rows, keys)], -1).mean((1, 3))  # layer head
+    got = df[df.metric == f"{relation}_score"].sort_values(["layer", "head"]).value.to_numpy()
+    np.testing.assert_allclose(got, want.flatten().numpy(), atol=1e-5)
+
+
+def test_zero_ablation_through_hooks_equals_zeroing_the_head_in_hugging_face_weights(arch_run):
+    arch, root = arch_run
+    run = open_run(root)
+    model = run.model(10)
+    (batch,) = run.batches(None, 8, 1).values()
+    cfg = model.cfg
+    heads = [(0, 1), (2, 3), (1, 0)]
+    zeros = [torch.zeros(8, batch.tokens.shape[1], cfg.n_heads, cfg.d_head)] * cfg.n_layers
+    got = ablated_token_loss(model, batch, heads, zeros)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(run.folders[10], attn_implementation="eager").eval()
+    for (layer, head), value in zip(heads, got.tolist()):
+        edited = transformers.AutoModelForCausalLM.from_pretrained(run.folders[10], attn_implementation="eager")
+        cols = slice(head * cfg.d_head, (head + 1) * cfg.d_head)
+        with torch.no_grad():
+            if arch == "gpt2":
+                edited.transformer.h[layer].attn.c_proj.weight[cols] = 0  # Conv1D: rows are inputs
+            elif arch == "neox":
+                edited.gpt_neox.layers[layer].attention.dense.weight[:, cols] = 0
+            else:
+                edited.model.layers[layer].self_attn.o_proj.weight[:, cols] = 0
+            want = next_token_loss(edited.eval()(batch.tokens).logits, batch.tokens, batch.first).mean().item()
+        assert value == pytest.approx(want, abs=1e-5)
+    with torch.no_grad():
+        clean = next_token_loss(hf(batch.tokens).logits, batch.tokens, batch.first).mean().item()
+    assert all(abs(v - clean) > 1e-6 for v in got.tolist())
+
+
+def test_every_token_analysis_covers_every_head(arch_run, tmp_path):
+    arch, root = arch_run
+    run = open_run(root)
+    df = an.analyze(run, n=8, progress=False, cache_dir=tmp_path)
+    assert set(df.analysis) == {"behavior", "attention", "composition", "ablation"}
+    heads = {(layer, head) for layer in range(3) for head in range(4)}
+    for metric in ("prev_token_score", "self_score", "duplicate_token_score", "induction_score", "copying_score"):
+        rows = df[df.metric == metric]
+        assert set(zip(rows.layer, rows["head"])) == heads, metric
+    abl = df[(df.analysis == "ablation") & (df.metric == "delta_loss")]
+    assert len(abl) == 3 * len(heads) and abl.value.notna().all()
+    assert df[df.metric == "copying_score"].value.between(-1, 1).all()
+
+
+def test_token_file_and_text_sources(planted_run, tmp_path):
+    run = open_run(planted_run)
+    tokens = np.random.default_rng(0).integers(0, V, size=(10, 20))
+    np.save(tmp_path / "toks.npy", tokens)
+    df = an.analyze(run, ["behavior", "attention"], steps=[500], n=8, progress=False, cache_dir=tmp_path / "c",
+                    source=f"tokens:{tmp_path / 'toks.npy'}")
+    assert set(df.evaluator.dropna()) == {"tokens:toks.npy"}
+    np.save(tmp_path / "bad.npy", tokens.astype(float))
+    with pytest.raises(ConfigError, match="2-D integer array"):
+        an.analyze(run, ["behavior"], steps=[500], n=8, progress=False, source=f"tokens:{tmp_path / 'bad.npy'}")
+    np.save(tmp_path / "big.npy", tokens + V)
+    with pytest.raises(ConfigError, match="outside the vocabulary"):
+        an.analyze(run, ["behavior"], steps=[500], n=8, progress=False, source=f"tokens:{tmp_path / 'big.npy'}")
+    (tmp_path / "t.txt").write_text("some text")
+    with pytest.raises(ConfigError, match="needs a tokenizer"):
+        an.analyze(run, ["behavior"], steps=[500], n=8, progress=False, source=f"text:{tmp_path / 't.txt'}")
+
+
+def test_text_source_uses_the_checkpoints_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = [f"w{i}" for i in range(V)]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="w0")
+    folder = _save(planted_gpt2(), tmp_path / "run" / "step7")
+    tok.save_pretrained(folder)
+    text = " ".join(words[i % 5] for i in range(200))
+    (tmp_path / "t.txt").write_text(text)
+    run = open_run(tmp_path / "run")
+    df = an.analyze(run, ["attention"], n=4, progress=False, cache_dir=tmp_path / "c",
+                    source=f"text:{tmp_path / 't.txt'}")
+    last = df.set_index(["metric", "layer", "head"]).value
+    assert set(df.evaluator.dropna()) == {"text:t.txt"}
+    assert last["induction_score", 1, 1] > 0.9  # a period-5 text: the planted head finds the next token
+
+
+def _cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_bad_runs_are_one_line_errors_and_write_nothing(planted_run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = {}
+    bad["no checkpoints"] = (empty, "holds no checkpoint folders")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(planted_run / "step0", mixed / "step0")
+    _save(tiny("neox"), mixed / "step1")
+    bad["mixed"] = (mixed, "differ in architecture or shape")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(planted_run / "step0", truncated / "step0")
+    weights = truncated / "step0" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    bad["truncated"] = (truncated, "corrupt or truncated")
+    no_config = tmp_path / "noconfig"
+    shutil.copytree(planted_run / "step0", no_config / "step0")
+    (no_config / "step0" / "config.json").unlink()
+    bad["no config"] = (no_config, "has no config.json")
+    pickled = tmp_path / "pickled"
+    shutil.copytree(planted_run / "step0", pickled / "step0")
+    (pickled / "step0" / "model.safetensors").unlink()
+    (pickled / "step0" / "pytorch_model.bin").write_bytes(b"\x80\x04not read")
+    bad["pickle"] = (pickled, "pytorch_model.bin is a pickle checkpoint; coopinterp reads safetensors only")
+    for what, (root, message) in bad.items():
+        before = sorted(root.rglob("*"))
+        result = _cli("analyze", root, "--n", 4, "--no-progress")
+        assert result.exit_code == 2, (what, result.output)
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, (what, result.output)
+        assert sorted(root.rglob("*")) == before, what
+    text = _cli("analyze", planted_run, "--source", f"text:{tmp_path / 'none.txt'}", "--n", 4, "--no-progress",
+                "--out", tmp_path / "t.parquet")
+    assert text.exit_code == 2 and "not found" in text.output and not (tmp_path / "t.parquet").exists()
+    with pytest.raises(CheckpointError, match="no checkpoint at step 3"):
+        open_run(planted_run).model(3)
+
+
+def test_cli_analyze_on_an_outside_run_with_pattern(planted_run, tmp_path):
+    renamed = tmp_path / "renamed"
+    for step in (0, 500):
+        shutil.copytree(planted_run / f"step{step}", renamed / f"ckpt_{step}")
+    out = tmp_path / "table.csv"
+    result = _cli("analyze", renamed, "--pattern", r"ckpt_(\d+)", "--analyses", "attention", "--n", 8,
+                  "--no-progress", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "induction_score" in out.read_text() and "analyzed" in result.output
+    result = _cli("analyze", renamed, "--analyses", "clamping", "--pattern", r"ckpt_(\d+)", "--no-progress")
+    assert result.exit_code == 2 and "does not apply to this run's tokens model" in result.output
