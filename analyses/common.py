@@ -16,10 +16,13 @@ INTERVENTIONS = REPO / "checkpoints" / "interventions"
 
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from coopinterp import threads  # noqa: E402
 from coopinterp.errors import CoopError  # noqa: E402
 from coopinterp.phases import accuracy_curves  # noqa: E402
 from coopinterp.plots import write_html, write_pngs  # noqa: E402
 from coopinterp.tables import read_table  # noqa: E402
+
+threads.apply()  # the scripts run under coopinterp's thread policy (one thread per process)
 
 SMOOTH = 5  # evaluations in the centred rolling mean of every behaviour curve (each evaluation: 1,024 sequences)
 CIWL_STATE_FLIP = 0.1  # the CIWL state: `flip` accuracy (in-context answer) at most this

@@ -7,6 +7,10 @@ import sys
 import time
 from typing import Iterator
 
+from coopinterp import threads
+
+threads.apply()  # benchmarks measure coopinterp under its own thread policy (one thread per process)
+
 
 def loadavg() -> str:
     try:

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import threads
-
 __version__ = "0.2.0"
-threads.apply()  # before anything imports torch: one thread, passive waits (threads.py says why)
 
 _PUBLIC = {
     "Run": "checkpoints", "load_run": "checkpoints",

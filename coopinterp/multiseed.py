@@ -156,7 +156,7 @@ class SeedStack:
         forgotten = {p.data_ptr() for p in self.shell.forget_parameters(target)}
         names = [k for k, v in own.items() if v.data_ptr() in forgotten]
         for j, s in enumerate(self.seeds):
-            self.shell.reset_embedding(target, forget_generator(s, step))
+            self.shell.reset_embedding(target, forget_generator(s, step, self.shell.label_embedding.device))
             for name in names:
                 self.w[name][j].copy_(own[name])
         for name in names:

@@ -1,4 +1,7 @@
-"""Thread policy, applied once when coopinterp is imported.
+"""Thread policy of coopinterp's own processes: the command line, and the worker processes it starts.
+
+A library does not change its host's threads: `import coopinterp` leaves torch as it is; the CLI applies the policy
+when it starts, and coopinterp's worker processes (`analyze(workers=N)`, sweeps) apply it in each worker.
 
 torch's default (one OpenMP thread per core, spinning while it waits) is the worst choice on a shared machine:
 with one of two cores busy with another process, a 32 x 64 x 12,800 matmul took 16 ms with 2 threads against

@@ -98,9 +98,12 @@ def forget_now(config: RunConfig, step: int) -> bool:
     return t.forgetting == "active" or step < t.forget_until
 
 
-def forget_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of the forgetting re-init at `step`: a function of (seed, step), so resume is exact."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def forget_generator(seed: int, step: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator of the forgetting re-init at `step`: a function of (seed, step), so resume is exact. It lives on
+    the parameters' device (a CPU generator serves cpu and meta, which has none of its own)."""
+    device = torch.device(device)
+    where = "cpu" if device.type in ("cpu", "meta") else device
+    return torch.Generator(device=where).manual_seed(seed * 1_000_003 + step)
 
 
 @runtime_checkable
@@ -147,7 +150,7 @@ class SingleSeed:
     def forget(self, step: int) -> None:
         """Re-initialise the exemplar or label embedding and its Adam state (Anand et al.'s forgetting)."""
         t = self.config.train
-        self.model.reset_embedding(t.forget_target, forget_generator(t.seed, step))
+        self.model.reset_embedding(t.forget_target, forget_generator(t.seed, step, self.model.label_embedding.device))
         for param in self.model.forget_parameters(t.forget_target):
             for value in self.opt.state.get(param, {}).values():
                 value.zero_()

@@ -54,10 +54,15 @@ def test_help_and_info_do_not_import_transformer_lens(tmp_path):
 @pytest.mark.parametrize("env, threads", [({}, 1), ({"COOPINTERP_THREADS": "2"}, 2), ({"OMP_NUM_THREADS": "2"}, 2),
                                           ({"COOPINTERP_THREADS": "1", "OMP_NUM_THREADS": "2"}, 1)])
 def test_thread_policy(env, threads):
-    """One thread and passive OpenMP waits by default (threads.py), whether torch loads before or after coopinterp."""
+    """The CLI runs with one thread and passive OpenMP waits by default (threads.py), whether torch loads before or
+    after it; the library alone leaves torch's threads as they are."""
     base = {k: v for k, v in os.environ.items() if k not in ("COOPINTERP_THREADS", "OMP_NUM_THREADS",
                                                               "OMP_WAIT_POLICY")}
-    for order in ("import coopinterp, torch", "import torch, coopinterp"):
+    r = subprocess.run([sys.executable, "-c", "import torch; n = torch.get_num_threads(); import coopinterp as ci; "
+                        "ci.load_run; print(torch.get_num_threads() == n)"], capture_output=True, text=True,
+                       env={**base, **env})
+    assert r.stdout.split() == ["True"], r.stderr[-300:]
+    for order in ("import coopinterp.cli, torch", "import torch, coopinterp.cli"):
         r = subprocess.run([sys.executable, "-c", f"{order}, os; print(torch.get_num_threads(), "
                             "os.environ['OMP_WAIT_POLICY'])"], capture_output=True, text=True, env={**base, **env})
         assert r.stdout.split() == [str(threads), "PASSIVE"], (order, r.stdout, r.stderr[-300:])

@@ -61,3 +61,23 @@ def test_analyses_stay_on_the_model_device(meta, name, call):
         out = call(model, batches)
     leaves = [t for t in _pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
     assert all(t.is_meta for t in leaves)
+
+
+@pytest.mark.parametrize("target", ["exemplar", "label"])
+def test_a_training_step_and_forgetting_stay_on_the_model_device(tiny_config, target):
+    """The fast forward, backward, an Adam step and a forgetting reset (drawn on the parameters' device) on meta."""
+    from coopinterp.training import SingleSeed
+
+    cfg = tiny_config.replace(train={"forgetting": "active", "forget_every": 1, "forget_target": target})
+    learner = SingleSeed(cfg, "cpu")
+    learner.model.to("meta")
+    learner.opt = torch.optim.Adam([p for p in learner.model.parameters() if p.requires_grad], lr=1e-3)
+    batch = ci.make_batch(cfg.task, "train", 8, seed=0).to("meta")
+    with SameDevice():
+        loss = torch.nn.functional.cross_entropy(learner.model.fast_logits(batch.exemplars, batch.labels),
+                                                 batch.target)
+        loss.backward()
+        learner.opt.step()
+        learner.forget(1)
+    assert all(p.is_meta for p in learner.model.parameters())
+    assert all(v.is_meta for state in learner.opt.state.values() for v in state.values() if v.dim() > 0)

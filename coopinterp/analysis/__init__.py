@@ -191,9 +191,11 @@ def _step_frames(run, step: int, options: dict[str, dict | None], n: int, seed: 
 def _worker_step(path: str, device: str, step: int, options: dict[str, dict | None], n: int, seed: int,
                  source: str | None, recompute: bool, cache_dir: str | None,
                  pattern: str | None) -> list[pd.DataFrame]:
-    """`_step_frames` in a worker process (it opens the run itself)."""
+    """`_step_frames` in a worker process (it opens the run itself), under the thread policy (threads.py)."""
     from ..runs import open_run
+    from ..threads import apply
 
+    apply()
     run = open_run(path, device=device, pattern=pattern)
     with torch.no_grad():
         cache = _Cache(run, n, seed, run.source_key(source), cache_dir)

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import sys
 
-import typer
-from rich.markup import escape
+from .. import threads
+
+threads.apply()  # before anything imports torch: one thread, passive waits (threads.py says why)
+
+import typer  # noqa: E402
+from rich.markup import escape  # noqa: E402
 
 from . import train  # noqa: F401, I001  (verbs register in import order, the order --help lists them)
 from . import analysis, interventions, plots, minimal, legacy, sweep  # noqa: F401
