@@ -133,13 +133,16 @@ class Run:
         """What decides an analysis besides the weights: the task (which sequences) and the model (its shape)."""
         return {k: v for k, v in self.config.to_dict().items() if k in ("task", "model")}
 
-    def readable(self, step: int) -> bool:
-        """Whether the checkpoint's safetensors header reads (a truncated file's does not)."""
+    def damage(self, step: int) -> str | None:
+        """The one-line error of a checkpoint whose safetensors header does not read (a truncated file), else None."""
         try:
             check_headers(self.path, [step])
-        except CheckpointError:
-            return False
-        return True
+        except CheckpointError as e:
+            return str(e)
+        return None
+
+    def readable(self, step: int) -> bool:
+        return self.damage(step) is None
 
     def source_key(self, source: str | None) -> None:
         """The exemplar model reads its own task's evaluators: no other data source applies."""

@@ -148,8 +148,10 @@ def boot(folder: Path, device: str = "cpu") -> TokenModel:
     code), the bridge wraps them with transformer-lens's hooks."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub: every file is local
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
     from transformer_lens.model_bridge import TransformerBridge
 
+    hf_logging.disable_progress_bar()  # a bar per checkpoint would bury coopinterp's own progress
     check_weights(folder)
     tokenizer = load_tokenizer(folder)
     with warnings.catch_warnings():
@@ -215,12 +217,16 @@ class OutsideRun:
     def analysis_config(self) -> dict:
         return model_config(self.config)
 
-    def readable(self, step: int) -> bool:
+    def damage(self, step: int) -> str | None:
+        """The one-line error of a checkpoint whose weights do not read (a truncated file), else None."""
         try:
             check_weights(self.folders[step])
-        except CheckpointError:
-            return False
-        return True
+        except CheckpointError as e:
+            return str(e)
+        return None
+
+    def readable(self, step: int) -> bool:
+        return self.damage(step) is None
 
     @cached_property
     def tokenizer(self):

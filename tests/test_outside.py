@@ -135,7 +135,7 @@ def test_zero_ablation_through_hooks_equals_zeroing_the_head_in_hugging_face_wei
     cfg = model.cfg
     heads = [(0, 1), (2, 3), (1, 0)]
     zeros = [torch.zeros(8, batch.tokens.shape[1], cfg.n_heads, cfg.d_head)] * cfg.n_layers
-    got = ablated_token_loss(model, batch, heads, zeros)
+    got = ablated_token_loss(model, batch, [[h] for h in heads], zeros)
     hf = transformers.AutoModelForCausalLM.from_pretrained(run.folders[10], attn_implementation="eager").eval()
     for (layer, head), value in zip(heads, got.tolist()):
         edited = transformers.AutoModelForCausalLM.from_pretrained(run.folders[10], attn_implementation="eager")

@@ -17,7 +17,6 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
-from ..config import ModelConfig
 from ..model import CoopModel
 from ..outside import TokenModel
 from ..sources import TokenBatch
@@ -57,38 +56,33 @@ def ablate(model: CoopModel, batch: Batch, head_sets: Sequence[Sequence[Head]], 
         return engine.logits(ablated_hidden(model, batch, head_sets, mode, seed, engine))
 
 
-def all_heads(cfg: ModelConfig) -> list[Head]:
+def all_heads(cfg: HeadGrid) -> list[Head]:
     return [(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
 
 
 @torch.no_grad()
-def ablated_token_loss(model: TokenModel, batch: TokenBatch, heads: Sequence[Head],
+def ablated_token_loss(model: TokenModel, batch: TokenBatch, head_sets: Sequence[Sequence[Head]],
                        values: list[Float[Tensor, "n pos head d_head"]]) -> Float[Tensor, " sets"]:
-    """Mean next-token loss with each head of `heads` ablated alone (its hook_z replaced by values[layer])."""
+    """Mean next-token loss with each set of heads ablated together (their hook_z replaced by values[layer])."""
     n, T = batch.tokens.shape
-    H = model.cfg.n_heads
+    masks = head_masks(head_sets, model.cfg).to(batch.tokens.device)  # sets layer head
     per_row = T * model.cfg.d_vocab
     rows_per_call = max(1, min(n, LOGITS_BUDGET // per_row))
     sets_per_call = max(1, LOGITS_BUDGET // (rows_per_call * per_row))
-    totals = torch.zeros(len(heads), device=batch.tokens.device)
-    for first_set in range(0, len(heads), sets_per_call):
-        group = heads[first_set: first_set + sets_per_call]
+    totals = torch.zeros(len(head_sets), device=batch.tokens.device)
+    for first in range(0, len(head_sets), sets_per_call):
+        group = masks[first: first + sets_per_call]
         S = len(group)
         for rows in torch.arange(n, device=batch.tokens.device).split(rows_per_call):
-            c = len(rows)
-
             def ablate(z: Tensor, hook, layer: int) -> Tensor:
-                mask = torch.tensor([[at == layer and h == head for head in range(H)] for at, h in group],
-                                    device=z.device)
-                z = z.view(S, c, *z.shape[1:])
-                return torch.where(mask[:, None, None, :, None], values[layer][rows][None], z).flatten(0, 1)
+                z = z.unflatten(0, (S, -1))
+                return torch.where(group[:, layer, None, None, :, None], values[layer][rows], z).flatten(0, 1)
 
-            layers = sorted({layer for layer, _ in group})
+            tokens = batch.tokens[rows].repeat(S, 1)
+            layers = [layer for layer in range(model.cfg.n_layers) if group[:, layer].any()]
             logits = model.bridge.run_with_hooks(
-                batch.tokens[rows].repeat(S, 1),
-                fwd_hooks=[(get_act_name("z", layer), partial(ablate, layer=layer)) for layer in layers])
-            loss = next_token_loss(logits, batch.tokens[rows].repeat(S, 1), batch.first)
-            totals[first_set: first_set + S] += loss.view(S, -1).sum(-1)
+                tokens, fwd_hooks=[(get_act_name("z", layer), partial(ablate, layer=layer)) for layer in layers])
+            totals[first: first + S] += next_token_loss(logits, tokens, batch.first).view(S, -1).sum(-1)
     return totals / (n * (T - batch.first - 1))
 
 
@@ -102,7 +96,8 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
         clean = token_run(model, batch).loss.mean().item()
         _, cache = model.run_with_cache(batch, names_filter=names)
         for mode in MODES:
-            losses = ablated_token_loss(model, batch, heads, [replacement(cache[name], mode) for name in names])
+            losses = ablated_token_loss(model, batch, [[h] for h in heads],
+                                        [replacement(cache[name], mode) for name in names])
             for (layer, head), value in zip(heads, losses.tolist()):
                 base = {"evaluator": ev, "layer": layer, "head": head, "component": mode}
                 out += [{**base, "metric": "loss", "value": value},

@@ -21,19 +21,26 @@ memorisation), `"keep"` leaves the model as it is.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ..config import ModelConfig
 from ..errors import ConfigError
 from ..model import CoopModel
 from ..task import Batch
 
 Head = tuple[int, int]  # (layer, head), 0-indexed
+
+
+@runtime_checkable
+class HeadGrid(Protocol):
+    """Any model config that says how many layers and heads it has (ModelConfig, a bridge's cfg)."""
+
+    n_layers: int
+    n_heads: int
 MODES = ("zero", "mean", "resample")
 DIRECT_PATHS = ("keep", "cut", "only")
 # Leading `...` dims are intervention sets; they broadcast between tensors (a clean k beside patched qs), so they
@@ -46,7 +53,7 @@ EditPattern = Callable[[int, Pattern], Pattern]
 ROW_BLOCK = 1 << 19  # logits per unembedding block in `Engine.score` (2 MB: stays in cache)
 
 
-def parse_heads(spec: str, cfg: ModelConfig) -> list[Head]:
+def parse_heads(spec: str, cfg: HeadGrid) -> list[Head]:
     """'0.3,1.5' -> [(0, 3), (1, 5)]; a malformed or out-of-range head is a ConfigError."""
     heads: list[Head] = []
     for item in spec.split(","):
@@ -57,7 +64,7 @@ def parse_heads(spec: str, cfg: ModelConfig) -> list[Head]:
     return list(dict.fromkeys(heads))
 
 
-def check_head(head: Head, cfg: ModelConfig) -> Head:
+def check_head(head: Head, cfg: HeadGrid) -> Head:
     layer, h = head
     if not (0 <= layer < cfg.n_layers and 0 <= h < cfg.n_heads):
         raise ConfigError(f"no head {layer}.{h}: the model has layers 0-{cfg.n_layers - 1} "
@@ -211,7 +218,7 @@ class Engine:
         return acc, torch.cat(ce).reshape(*lead, n).mean(-1)
 
 
-def head_masks(head_sets: Sequence[Sequence[Head]], cfg: ModelConfig) -> Bool[Tensor, "sets layer head"]:
+def head_masks(head_sets: Sequence[Sequence[Head]], cfg: HeadGrid) -> Bool[Tensor, "sets layer head"]:
     masks = torch.zeros(len(head_sets), cfg.n_layers, cfg.n_heads, dtype=torch.bool)
     for i, heads in enumerate(head_sets):
         for head in heads:

@@ -65,18 +65,10 @@ def check_out(path: Path, suffixes: tuple[str, ...] = (), folder: bool = False) 
     return path
 
 
-def damaged_checkpoints(run_dir: Path, steps: list[int]) -> dict[int, str]:
-    """Each checkpoint of `steps` whose file is damaged (its safetensors header does not read) -> the one-line
-    error naming it; commands that can go on without the file warn with it."""
-    from ..checkpoints import check_headers
-
-    damaged = {}
-    for step in steps:
-        try:
-            check_headers(run_dir, [step])
-        except CheckpointError as e:
-            damaged[step] = str(e)
-    return damaged
+def damaged_checkpoints(run) -> dict[int, str]:
+    """Each checkpoint of a run whose file is damaged (its header does not read) -> the one-line error naming it;
+    commands that can go on without the file warn with it."""
+    return {step: error for step in run.steps if (error := run.damage(step)) is not None}
 
 
 def comma_list(text: str) -> list[str]:

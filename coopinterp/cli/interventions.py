@@ -54,12 +54,19 @@ def ablate_cmd(
     mode: str = MODE,
     n: int = N,
     seed: int = SEED,
+    source: Optional[str] = typer.Option(None, "--source", help="Token models' data: repeated (default), "
+                                         "repeated:L, tokens:FILE.npy or text:FILE.txt."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="Regex naming Hugging Face checkpoint folders."),
 ) -> None:
-    """Every evaluator's acc and loss with a set of heads ablated together."""
+    """Every evaluator's acc and loss with a set of heads ablated together (a token model: its next-token loss on
+    --source)."""
     from ..analysis.ablation import ablated_hidden
     from ..analysis.engine import Engine, check_mode, parse_heads
+    from ..runs import open_run
 
     check_mode(mode)
+    if open_run(run_dir, pattern=pattern).kind == "tokens":
+        return _ablate_tokens(run_dir, heads, step, mode, n, seed, source, pattern)
     run, step, model, batches = _load(run_dir, step, n, seed)
     chosen = parse_heads(heads, run.config.model)
     engine = Engine(model)
@@ -68,6 +75,33 @@ def ablate_cmd(
     for ev, batch in batches.items():
         acc, ce = engine.score(ablated_hidden(model, batch, [[], chosen], mode, seed, engine), batch)
         table.add_row(ev, f"{acc[0]:.3f}", f"{acc[1]:.3f}", f"{ce[0]:.3f}", f"{ce[1]:.3f}")
+    console.print(table)
+
+
+def _ablate_tokens(run_dir: Path, heads: str, step: Optional[int], mode: str, n: int, seed: int,
+                   source: Optional[str], pattern: Optional[str]) -> None:
+    """A token model's next-token loss before and after ablating a set of heads together (through hook_z)."""
+    from transformer_lens.utilities import get_act_name
+
+    from ..analysis.ablation import ablated_token_loss
+    from ..analysis.engine import parse_heads, replacement
+    from ..runs import open_run
+
+    if n < 2:
+        raise ConfigError(f"--n must be >= 2, got {n}")
+    run = open_run(run_dir, pattern=pattern)
+    step = run.steps[-1] if step is None else run.check_step(step)
+    run.source_key(source)  # a missing file fails here, before the model loads
+    model = run.model(step)
+    chosen = parse_heads(heads, model.cfg)
+    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
+    table = _table(f"{run.name} step {step}: heads {heads} ablated ({mode})", ["source", "loss", "loss ablated",
+                                                                              "change"])
+    for ev, batch in run.batches(source, n, seed).items():
+        _, cache = model.run_with_cache(batch, names_filter=names)
+        values = [replacement(cache[name], mode, seed) for name in names]
+        clean, ablated = ablated_token_loss(model, batch, [[], chosen], values).tolist()
+        table.add_row(ev, f"{clean:.4f}", f"{ablated:.4f}", f"{ablated - clean:+.4f}")
     console.print(table)
 
 

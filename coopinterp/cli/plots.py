@@ -15,10 +15,14 @@ from .common import app, check_out, choices, comma_list, console, damaged_checkp
 
 FORMATS = ("html", "png")
 ANALYSES_HELP = "Analyses to compute for a run (default: all but llc; llc rows are added where cached)."
+SOURCE = typer.Option(None, "--source", help="Token models' data: repeated (default), repeated:L, tokens:FILE.npy "
+                      "or text:FILE.txt.")
+PATTERN = typer.Option(None, "--pattern", help=r"Regex naming Hugging Face checkpoint folders, first group the step.")
 
 
-def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
-                progress: bool) -> tuple:  # (DataFrame, DataFrame | None, dict | None, str); pandas loads lazily
+def load_source(source: Path, analyses: Optional[str], n: int, seed: int, progress: bool,
+                pattern: Optional[str] = None, data: Optional[str] = None) -> tuple:
+    # returns (DataFrame, DataFrame | None, dict | None, str); pandas loads lazily
     """(table, logged metrics or None, run config or None, name) from a run directory or a table file.
 
     A run is analysed with `analyze` (cached per step under RUN/analysis/, so only new steps cost time); without
@@ -27,15 +31,16 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
     from ..tables import read_table
 
     if source.is_dir():
-        from ..checkpoints import load_run
+        from ..runs import open_run
 
-        run = load_run(source)
-        table = analyze_run(run, comma_list(analyses) if analyses else None, n, seed, progress)
+        run = open_run(source, pattern=pattern)
+        table = analyze_run(run, comma_list(analyses) if analyses else None, n, seed, progress, data)
         try:
             metrics = run.metrics
         except CheckpointError:
             metrics = None
-        return table, metrics, run.config.to_dict(), run.name
+        config = run.config.to_dict() if run.kind == "exemplar" else run.config
+        return table, metrics, config, run.name
     if source.suffix in (".parquet", ".csv"):
         if analyses:
             raise CoopError("--analyses applies to a run directory, not to a table file")
@@ -45,21 +50,22 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int,
     raise CoopError(f"{source} is neither a run directory nor a .parquet/.csv table")
 
 
-def analyze_run(run, names: Optional[list[str]], n: int, seed: int, progress: bool):
+def analyze_run(run, names: Optional[list[str]], n: int, seed: int, progress: bool, source: Optional[str] = None):
     """The analysis table of a run for its figures: `names` (default: all but the opt-in ones, which join where
     cached) at every checkpoint; a damaged checkpoint file is named in a warning and adds only its cached tables,
     so one bad file does not stop a run whose tables are cached."""
     from ..analysis import analyze, registry
     from ..tables import concat
 
-    damaged = damaged_checkpoints(run.path, run.steps)
+    damaged = damaged_checkpoints(run)
     tables = [analyze(run, names, steps=[s for s in run.steps if s not in damaged], n=n, seed=seed,
-                      progress=progress)]
+                      progress=progress, source=source)]
     if damaged:
-        tables.append(analyze(run, names, steps=list(damaged), n=n, seed=seed, progress=False, cached_only=True))
-    if names is None:
-        opt_in = [name for name, a in registry().items() if a.opt_in and run.kind in a.models]
-        tables.append(analyze(run, opt_in, n=n, seed=seed, progress=False, cached_only=True))
+        tables.append(analyze(run, names, steps=list(damaged), n=n, seed=seed, progress=False, cached_only=True,
+                              source=source))
+    opt_in = [name for name, a in registry().items() if a.opt_in and run.kind in a.models]
+    if names is None and opt_in:
+        tables.append(analyze(run, opt_in, n=n, seed=seed, progress=False, cached_only=True, source=source))
     table = concat(tables).sort_values("step", kind="stable", ignore_index=True)
     for step, error in damaged.items():
         warn(f"{error}: " + ("its cached tables are used" if (table.step == step).any()
@@ -95,6 +101,8 @@ def plot_cmd(
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch (for a run)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches (for a run)."),
     progress: bool = typer.Option(True, help="Show the analysis progress bar."),
+    data: Optional[str] = SOURCE,
+    pattern: Optional[str] = PATTERN,
 ) -> None:
     """Write every circuit-evolution figure the table supports as offline HTML and/or PNG."""
     from .. import plots
@@ -106,7 +114,7 @@ def plot_cmd(
     if not 0 < scale <= 8:
         raise CoopError(f"--scale must be in (0, 8], got {scale}")
     t0 = time.perf_counter()
-    table, metrics, _, name = load_source(source, analyses, n, seed, progress)
+    table, metrics, _, name = load_source(source, analyses, n, seed, progress, pattern, data)
     figs, skipped = plots.figures(table, metrics, x=x)
     if not figs:
         _report_skipped(skipped)
@@ -134,13 +142,15 @@ def report_cmd(
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch (for a run)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches (for a run)."),
     progress: bool = typer.Option(True, help="Show the analysis progress bar."),
+    data: Optional[str] = SOURCE,
+    pattern: Optional[str] = PATTERN,
 ) -> None:
     """One self-contained offline HTML page: the run's config and every figure (one plotly.js copy)."""
     from .. import plots
 
     check_out(out, (".html",))
     t0 = time.perf_counter()
-    table, metrics, config, name = load_source(source, analyses, n, seed, progress)
+    table, metrics, config, name = load_source(source, analyses, n, seed, progress, pattern, data)
     figs, skipped = plots.figures(table, metrics)
     try:
         plots.write_report(figs, out, f"coopinterp report: {name}", config, skipped)
@@ -182,12 +192,15 @@ def app_cmd(
     """Interactive head-ablation explorer in the browser (Dash): step slider, head grid, live evaluator table."""
     from ..analysis.engine import parse_heads
     from ..app import serve
-    from ..checkpoints import load_run
+    from ..runs import open_run
 
     if not 0 < port < 65536:
         raise CoopError(f"--port must be in 1-65535, got {port}")
     check_port(host, port)
-    run = load_run(run_dir)
+    run = open_run(run_dir)
+    if run.kind != "exemplar":
+        raise CoopError(f"the app explores the exemplar model's evaluators; {run_dir} holds a token model: use "
+                        "`coopinterp ablate` and `coopinterp plot` on it")
     if step is not None:
         run.check_step(step)
     ticked = parse_heads(heads, run.config.model) if heads else []

@@ -69,19 +69,23 @@ def train_cmd(
 @app.command("info")
 @friendly
 def info_cmd(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
+    run_dir: Path = typer.Argument(..., help="Run directory, or a directory of Hugging Face checkpoint folders."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help=r"Regex naming checkpoint folders, first group "
+                                          r"the step (e.g. 'ckpt_(\d+)')."),
     check: bool = typer.Option(False, "--check", help="Also load every checkpoint into the model and check that "
                                                       "its weights are finite (slower; builds models)."),
 ) -> None:
     """Show a run's config, checkpoint steps (headers verified: a damaged one is named, and the rest still shown)
-    and final evaluator table."""
-    from ..checkpoints import list_checkpoints, load_run, read_run_config
+    and final evaluator table; for a directory of Hugging Face checkpoints, its architecture and steps."""
+    from ..checkpoints import Run, list_checkpoints, load_run, read_run_config
 
     if not run_dir.is_dir():
         raise CoopError(f"run directory not found: {run_dir}")
+    if not (run_dir / "run.json").exists():
+        return _outside_info(run_dir, pattern, check)
     cfg = read_run_config(run_dir)
     steps = list_checkpoints(run_dir)
-    damaged = damaged_checkpoints(run_dir, steps)
+    damaged = damaged_checkpoints(Run(run_dir, cfg, steps))
     for error in damaged.values() if not check else ():  # --check fails on the first one instead
         warn(error)
     console.print(f"[bold]{run_dir}[/]  ({cfg.name})")
@@ -94,6 +98,29 @@ def info_cmd(
         load_run(run_dir).verify()
         console.print(f"  verified: all {len(steps)} checkpoints load into the model and are finite", highlight=False)
     _print_final_metrics(run_dir)
+
+
+def _outside_info(run_dir: Path, pattern: Optional[str], check: bool) -> None:
+    """A Hugging Face run: architecture, shape, checkpoint folders (damaged ones named); --check boots each."""
+    from ..runs import open_run
+
+    run = open_run(run_dir, pattern=pattern)
+    damaged = damaged_checkpoints(run)
+    for error in damaged.values():
+        warn(error)
+    shape = {k: run.config[k] for k in ("num_hidden_layers", "n_layer", "num_attention_heads", "n_head",
+                                         "hidden_size", "n_embd", "vocab_size") if k in run.config}
+    console.print(f"[bold]{run_dir}[/]  (Hugging Face checkpoints, {run.architecture})", highlight=False)
+    console.print("  [cyan]model[/]: " + ", ".join(f"{k}={v}" for k, v in shape.items()), highlight=False)
+    shown = ", ".join(f"{s} (damaged)" if s in damaged else str(s) for s in run.steps)
+    console.print(f"  [cyan]checkpoints[/] ({len(run.steps)}): {shown}", highlight=False)
+    if check:
+        for step in run.steps:
+            bad = [name for name, p in run.model(step).bridge.named_parameters() if not p.isfinite().all()]
+            if bad:
+                raise CoopError(f"checkpoint {run.folders[step]} holds non-finite values in {', '.join(bad[:3])}")
+        console.print(f"  verified: all {len(run.steps)} checkpoints boot in transformer-lens and are finite",
+                      highlight=False)
 
 
 def _print_final_metrics(run_dir: Path) -> None:
