@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .checkpoints import ResumeState, load_run, read_run_config
+from .cluster import ray_session
 from .config import RunConfig, preset, read_json
 from .errors import CheckpointError, ConfigError, CoopError
 
@@ -147,15 +148,7 @@ def _local(jobs: list[tuple[str, RunConfig, Path]], workers: int, device: str | 
 
 def _ray(jobs: list[tuple[str, RunConfig, Path]], address: str, workers: int, device: str | None,
          report: Callable[[Result], None]) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise CoopError("--ray needs the optional Ray package: pip install 'coopinterp[ray]'") from None
-    if address == "local":
-        ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(address=address, log_to_driver=False)
-    try:
+    with ray_session(address, workers) as ray:
         remote = ray.remote(num_cpus=1)(run_one)
         pending = {remote.remote(cfg.to_dict(), str(path.resolve()), device): name for name, cfg, path in jobs}
         while pending:
@@ -165,8 +158,6 @@ def _ray(jobs: list[tuple[str, RunConfig, Path]], address: str, workers: int, de
                 report(ray.get(done[0]))
             except ray.exceptions.RayError as e:
                 report(Result(name, "failed", error=f"ray: {(str(e).splitlines() or [''])[0]}"))
-    finally:
-        ray.shutdown()
 
 
 def run_sweep(spec: dict[str, Any] | str | Path, out_dir: str | Path, workers: int = 1, ray_address: str | None = None,

@@ -362,3 +362,15 @@ def test_cli_analyze_errors_are_one_line(run_copy, args, message):
     r = CliRunner().invoke(app, ["analyze", str(run_copy.path), *args, "--no-progress"])
     assert r.exit_code == 2
     assert message in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_analyze_on_a_local_ray_cluster_equals_one_process(run_copy, tmp_path):
+    """Checkpoints fanned out as Ray tasks fill the same cache with the same rows (Ray is in the dev extra: this
+    runs in CI)."""
+    import ray  # noqa: F401  (a missing dev extra must fail here, not skip)
+
+    serial = ci.analyze(run_copy, ["behavior", "attention"], n=32, progress=False, cache_dir=tmp_path / "one")
+    fanned = ci.analyze(run_copy, ["behavior", "attention"], n=32, progress=False, cache_dir=tmp_path / "ray",
+                        ray="local", workers=2)
+    pd.testing.assert_frame_equal(fanned, serial)
+    assert len(list((tmp_path / "ray" / "attention").iterdir())) == len(run_copy.steps)

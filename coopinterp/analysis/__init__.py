@@ -37,6 +37,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ..cluster import ray_session
 from ..errors import ConfigError, CoopError
 from ..tables import concat, read_table, table, write_table
 from .forwards import CleanRun, clean_run, eval_batches, shared_forwards
@@ -205,7 +206,7 @@ def _worker_step(path: str, device: str, step: int, options: dict[str, dict | No
 def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[int] | None = None,
             n: int = 512, seed: int = 0, progress: bool = True, recompute: bool = False,
             workers: int = 1, cache_dir: str | Path | None = None, options: dict[str, dict] | None = None,
-            cached_only: bool = False, source: str | None = None) -> pd.DataFrame:
+            cached_only: bool = False, source: str | None = None, ray: str | None = None) -> pd.DataFrame:
     """Run `analyses` (default: every analysis for the run's kind of model but the opt-in ones) at `steps`
     (default: every checkpoint): one tidy frame.
 
@@ -218,7 +219,8 @@ def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[in
     and returns the cached tables that match, whatever options they were computed with (the latest computed),
     and for a damaged checkpoint file whatever file they were computed from (the file before the damage).
     `source` names the evaluation data of a token model (sources.py; default: repeated random tokens); the
-    built-in exemplar model always reads its task's evaluators.
+    built-in exemplar model always reads its task's evaluators. `ray` fans the checkpoints to compute out over a
+    Ray cluster instead of local processes (cluster.py: "local", "auto" or an address), into the same cache.
     """
     names = _names(analyses, run.kind)
     steps = list(run.steps) if steps is None else list(dict.fromkeys(run.check_step(int(s)) for s in steps))
@@ -234,14 +236,24 @@ def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[in
     with bar, torch.no_grad():
         task = bar.add_task(run.name, total=len(steps))
         todo = steps
-        if workers > 1 and len(steps) > 1 and not cached_only and not recompute:
+        if (workers > 1 or ray) and len(steps) > 1 and not cached_only and not recompute:
             # what is cached is read here; only checkpoints with something to compute go to worker processes
             for step in steps:
                 per_step[step], _ = _step_frames(run, step, per_analysis, n, seed, source, False, cache, None,
                                                  cached_only=True, exact=True)
             todo = [step for step in steps if len(per_step[step]) < len(per_analysis)]
             bar.advance(task, len(steps) - len(todo))
-        if workers == 1 or len(todo) < 2 * workers or cached_only:  # a worker costs seconds to start (imports)
+        jobs = [(str(run.path), run.device, step, per_analysis, n, seed, source, recompute,
+                 None if cache_dir is None else str(cache_dir), run.pattern) for step in todo]
+        if ray and todo and not cached_only:
+            with ray_session(ray, workers) as session:
+                remote = session.remote(num_cpus=1)(_worker_step)
+                refs = {remote.remote(*job): job[2] for job in jobs}
+                while refs:
+                    (done,), _ = session.wait(list(refs), num_returns=1)
+                    per_step[refs.pop(done)] = session.get(done)
+                    bar.advance(task)
+        elif workers == 1 or len(todo) < 2 * workers or cached_only:  # a worker costs seconds to start (imports)
             batches = None
             for step in todo:
                 per_step[step], batches = _step_frames(run, step, per_analysis, n, seed, source, recompute, cache,
@@ -250,9 +262,7 @@ def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[in
         else:
             # spawn, not fork: a forked child of a process that has run OpenMP code can hang
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_worker_step, str(run.path), run.device, step, per_analysis, n, seed, source,
-                                       recompute, None if cache_dir is None else str(cache_dir), run.pattern): step
-                           for step in todo}
+                futures = {pool.submit(_worker_step, *job): job[2] for job in jobs}
                 for future in as_completed(futures):
                     per_step[futures[future]] = future.result()
                     bar.advance(task)

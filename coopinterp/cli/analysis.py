@@ -35,7 +35,9 @@ def analyze_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     recompute: bool = typer.Option(False, "--recompute", help="Ignore cached tables and compute everything again."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Checkpoints analysed at once, one process each "
-                                          "(default: this machine's cores)."),
+                                          "(default: this machine's cores; with --ray local: Ray's CPUs)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Fan checkpoints out over Ray: 'local' starts Ray here, "
+                                      "'auto' joins a running cluster (pip install 'coopinterp\\[ray]')."),
 ) -> None:
     r"""Compute the tidy per-step metric table (cached per step and analysis under RUN/analysis/).
 
@@ -55,7 +57,7 @@ def analyze_cmd(
     t0 = time.perf_counter()
     df = analyze(run, names, steps=comma_ints(steps, "--steps") if steps is not None else None, n=n, seed=seed,
                  progress=progress, recompute=recompute, workers=workers or default_workers(), options=options,
-                 source=source)
+                 source=source, ray=ray)
     try:
         write_table(df, out)
     except OSError as e:
