@@ -171,7 +171,7 @@ def minimal_figure(df: pd.DataFrame):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from .plots import TEMPLATE, Phase, _panel_legend, mark_phases
+    from .plots import TEMPLATE, Phase, mark_phases, panel_legend
 
     panels = [("strategy strength", {"icl_strength": "ICL (a-path)", "ciwl_strength": "CIWL (d-path)"}),
               ("loss", {"loss_L1": "L1 (ICL task)", "loss_L2": "L2 (CIWL task)", "loss": "total L"}),
@@ -198,7 +198,7 @@ def minimal_figure(df: pd.DataFrame):
                                       "takes over", y=0.98, yanchor="top"),
                       template=TEMPLATE, height=850, margin=dict(t=90, l=70, r=150, b=60))
     for row, (title, _) in enumerate(panels, start=1):
-        _panel_legend(fig, "legend" if row == 1 else f"legend{row}", "y" if row == 1 else f"y{row}", title)
+        panel_legend(fig, "legend" if row == 1 else f"legend{row}", "y" if row == 1 else f"y{row}", title)
     s = summarize_minimal(df, runs[0])
     marks = [Phase("icl_peak", s.icl_peak_step, s.icl_peak_step, f"ICL peak ({s.icl_peak:.2f})")]
     if s.ciwl_overtakes_step is not None:

@@ -1,9 +1,14 @@
+import itertools
+import math
 import shutil
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 
+import plotly.io
 import pytest
+from plotly.colors import get_colorscale
 from plotly.offline import get_plotlyjs
 from typer.testing import CliRunner
 
@@ -17,8 +22,10 @@ CIWL = (0.5, 0.6, 0.6, 0.65, 0.8, 0.9)  # first above ICL after the peak at 3000
 HEADS = 3
 
 
-def synthetic(analyses=("behavior", "attention", "ablation", "composition", "path_patching")):
-    """A small hand-built table with known phases and known per-head values."""
+def synthetic(analyses=("behavior", "attention", "ablation", "composition", "path_patching"), layers=2, heads=HEADS,
+              effects=None):
+    """A small hand-built table with known phases and known per-head values; `effects` maps (layer, head) to the
+    change in ICL accuracy its ablation causes (default: -0.1 * head)."""
     rows = []
     for i, step in enumerate(STEPS):
         base = dict(run="synth", step=step, seqs_seen=32 * step)
@@ -26,27 +33,32 @@ def synthetic(analyses=("behavior", "attention", "ablation", "composition", "pat
             for ev, v in (("train", 1.0), ("icl", ICL[i]), ("ciwl", CIWL[i]), ("flip", 1 - CIWL[i]), ("iwl", 0.1)):
                 rows += [dict(base, analysis="behavior", metric="acc", evaluator=ev, value=v),
                          dict(base, analysis="behavior", metric="loss", evaluator=ev, value=2 - v)]
-        for layer in range(2):
-            for head in range(HEADS):
+        for layer in range(layers):
+            for head in range(heads):
                 value = 0.1 * head + layer + i / 100  # identifies layer, head and step
                 if "attention" in analyses:
                     for metric, ev in (("prev_token_score", "train"), ("self_score", "train"),
                                        ("induction_strength", "flip"), ("skip_trigram_score", "ciwl")):
                         rows.append(dict(base, analysis="attention", metric=metric, evaluator=ev, layer=layer,
-                                         head=head, value=value))
+                                         head=head, value=value - 0.5 * (metric == "induction_strength")))
                 if "ablation" in analyses:
+                    effect = -0.1 * head if effects is None else effects.get((layer, head), 0.001 * head)
                     for ev, clean in (("icl", ICL[i]), ("ciwl", CIWL[i])):
                         rows.append(dict(base, analysis="ablation", metric="acc", evaluator=ev, layer=layer,
-                                         head=head, component="mean", value=clean - 0.1 * head))
+                                         head=head, component="mean", value=clean + effect))
         for m in "qkv":
             if "composition" in analyses:
                 rows.append(dict(base, analysis="composition", metric=f"{m}_composition_baseline", value=0.12))
-                rows += [dict(base, analysis="composition", metric=f"{m}_composition", src_layer=0, src_head=s,
-                              layer=1, head=d, value=0.5 * (s == d)) for s in range(HEADS) for d in range(HEADS)]
+                rows += [dict(base, analysis="composition", metric=f"{m}_composition", src_layer=sl, src_head=s,
+                              layer=dl, head=d, value=0.5 * (s == d))
+                         for sl in range(layers) for dl in range(sl + 1, layers) for s in range(heads)
+                         for d in range(heads)]
             if "path_patching" in analyses:
-                rows += [dict(base, analysis="path_patching", metric="acc", evaluator="train", src_layer=0,
-                              src_head=s, layer=1, head=d, component=m, value=0.5 if (m, s, d) == ("k", None, None)
-                              else 1.0) for s in [*range(HEADS), None] for d in [*range(HEADS), None]]
+                for ev, clean in (("train", 1.0), ("icl", ICL[i]), ("ciwl", CIWL[i])):
+                    rows += [dict(base, analysis="path_patching", metric="acc", evaluator=ev, src_layer=0,
+                                  src_head=s, layer=1, head=d, component=m,
+                                  value=clean - 0.5 if (m, s, d) == ("k", None, None) else clean)
+                             for s in [*range(heads), None] for d in [*range(heads), None]]
     return tables.table(rows)
 
 
@@ -104,14 +116,15 @@ def test_layer_figures_one_line_per_head_and_metric(table):
     assert len(vlines(fig)) == 2 and len([s for s in fig.layout.shapes if s.x0 == 300]) == 2  # both subplots
     fig1 = plots.layer1_figure(table)
     assert [t.name for t in fig1.data[:HEADS]] == ["L1H0", "L1H1", "L1H2"]
-    assert fig1.data[0].y[0] == pytest.approx(1.01)
+    assert fig1.data[0].y[0] == pytest.approx(0.51)  # induction strength of L1H0 at step 100
+    assert fig1.layout.yaxis.title.text.startswith("attention difference")  # a difference, not a weight
 
 
 def test_head_heatmap_shape_values_and_phase_columns(table):
     fig = plots.head_heatmap(table, "attention", "induction_strength")
     hm = fig.data[0]
-    assert list(hm.y) == ["L0H0", "L0H1", "L0H2", "L1H0", "L1H1", "L1H2"]
-    assert hm.z.shape == (2 * HEADS, len(STEPS)) and hm.z[4, 2] == pytest.approx(1.12)
+    assert list(fig.layout.yaxis.ticktext) == ["L0H0", "L0H1", "L0H2", "L1H0", "L1H1", "L1H2"]
+    assert hm.z.shape == (2 * HEADS, len(STEPS)) and hm.z[4, 2] == pytest.approx(0.62)
     assert list(fig.layout.xaxis.ticktext) == [f"{s:,}" for s in STEPS]
     assert vlines(fig) == [2, 4]  # columns of steps 300 and 3000
     late = plots.head_heatmap(table, "attention", "self_score", marks=[plots.Phase("late", 99_000, 0, "late")])
@@ -124,7 +137,7 @@ def test_ablation_figure_is_change_from_clean(table):
     fig = plots.ablation_figure(table)
     by_name = {(t.name, t.xaxis): t for t in fig.data}
     assert list(by_name[("L1H2", "x")].y) == pytest.approx([-0.2] * (len(STEPS) - 1))
-    assert by_name[("L0H0", "x")].line.dash == "dot" and by_name[("L1H0", "x")].line.dash is None
+    assert by_name[("L0H0", "x")].line.dash == "dot" and by_name[("L1H0", "x")].line.dash == "solid"
     assert "ablated − clean" in fig.layout.yaxis.title.text
     raw = plots.ablation_figure(table[table.analysis != "behavior"])
     assert raw.data[0].y[0] == pytest.approx(ICL[1]) and "with the head ablated" in raw.layout.yaxis.title.text
@@ -142,7 +155,7 @@ def test_composition_slider_shows_one_step_at_a_time(table):
     assert sum(visible) == 3 and visible[3:6] == [True] * 3
     # it opens at the checkpoint nearest the ICL peak (step index 2), not at the end
     assert [t.visible for t in fig.data].count(True) == 3 and fig.data[3 * 2].visible and slider.active == 2
-    still = plots._static(fig)
+    still = plots.static_figure(fig)
     assert not still.layout.sliders and still.layout.title.text.endswith(f"step {slider.steps[2].label}")
     assert far.active == len(STEPS) - 1  # no mark near a checkpoint: the last one
     assert "random ≈ 0.12" in fig.layout.annotations[0].text
@@ -207,7 +220,7 @@ def test_png_export_needs_no_system_browser(tmp_path):
 def test_png_failure_warns_and_the_command_goes_on(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no renderer")
-    monkeypatch.setattr(plots.pio, "to_image", broken)
+    monkeypatch.setattr(plotly.io, "to_image", broken)
     table = tmp_path / "t.parquet"
     tables.write_table(synthetic(analyses=("behavior",)), table)
     r = cli("plot", str(table), "--out", str(tmp_path / "figs"))
@@ -244,19 +257,19 @@ def test_cli_plot_table_and_errors(tmp_path):
     for args, message in ((("plot", str(path), "--out", "o", "--x", "foo"), "--x must be step or seqs_seen"),
                           (("plot", str(path), "--out", "o", "--format", "gif"), "--format: unknown value(s) gif"),
                           (("plot", str(tmp_path / "none.parquet"), "--out", "o"), "not found"),
-                          (("report", str(tmp_path), "--out", "r.html"), "is not a coopinterp run")):
+                          (("report", str(tmp_path), "--out", "r.html"), "holds no checkpoint folders")):
         r = cli(*args)
         assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def llc_rows():
+def llc_rows(layers=2, heads=HEADS):
     """LLC rows with known values: the whole model's LLC 10 * (i + 1) ± 1, head (l, h)'s rLLC 10^-(i % 3) * (h + 1)."""
     rows = []
     for i, step in enumerate(STEPS):
         base = dict(run="synth", step=step, seqs_seen=32 * step, analysis="llc", evaluator="train")
         rows += [dict(base, metric="llc", value=10.0 * (i + 1)), dict(base, metric="llc_std", value=1.0)]
-        rows += [dict(base, metric="rllc", layer=l, head=h, value=10.0 ** -(i % 3) * (h + 1))
-                 for l in range(2) for h in range(HEADS)]
+        rows += [dict(base, metric="rllc", layer=layer, head=h, value=10.0 ** -(i % 3) * (h + 1))
+                 for layer in range(layers) for h in range(heads)]
     return tables.table(rows)
 
 
@@ -273,3 +286,126 @@ def test_llc_figures(table):
     heat = figs["rllc_heatmap"].data[0]
     assert heat.z[0, 1] == pytest.approx(-1.0) and heat.customdata[1, 1, 1] == pytest.approx(0.2)  # log10, value
     assert {"llc", "rllc_heatmap"} <= set(plots.figures(table)[1])  # no llc rows: skipped with a reason
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """3 layers x 12 heads, every analysis; ablating L2H7 or L0H3 moves ICL a lot, every other head barely."""
+    effects = {(2, 7): -0.4, (0, 3): 0.2}
+    return tables.concat([synthetic(layers=3, heads=12, effects=effects), llc_rows(3, 12)])
+
+
+def test_every_figure_scales_to_3_layers_of_12_heads(wide):
+    figs, skipped = plots.figures(wide)
+    assert skipped == {}
+    assert {f"layer{layer}_attention" for layer in range(3)} <= set(figs)
+    # the middle layer is read by layer 2 and reads layer 0: both its label-position and its query signatures
+    middle = figs["layer1_attention"]
+    assert {t.xaxis for t in middle.data} == {"x", "x2", "x3", "x4"}
+    assert {t.xaxis for t in figs["layer0_attention"].data} == {"x", "x2"}
+    heat = figs["induction_heatmap"]
+    assert heat.data[0].z.shape == (36, len(STEPS)) and len(heat.layout.yaxis.ticktext) == 36
+    assert len([s for s in heat.layout.shapes if s.y0 == s.y1]) == 2  # a rule between each pair of layers
+    composition = figs["composition"].data[0]
+    assert composition.z.shape == (24, 24)  # layers 0-1 write, layers 1-2 read
+    assert list(composition.y[:2]) == ["L0H0", "L0H1"] and list(composition.x[-1:]) == ["L2H11"]
+
+
+def test_crowded_panels_colour_only_the_salient_heads(wide):
+    fig = plots.ablation_figure(wide)
+    coloured = {t.name for t in fig.data if t.name != "other heads"}
+    assert coloured == {"L2H7", "L0H3"}
+    grey = [t for t in fig.data if t.name == "other heads"]
+    assert len(grey) == 2 * (36 - 2) and sum(bool(t.showlegend) for t in grey) == 1  # one legend entry for them
+    assert "grey: the other heads" in fig.layout.legend.title.text
+    legend_entries = [t.name for t in fig.data if t.showlegend is not False]
+    assert len(legend_entries) == 3  # two salient heads and "other heads", not 36
+    layer_figure = plots.layer_figure(synthetic(("behavior", "attention")), 1)
+    assert all(t.name != "other heads" for t in layer_figure.data)  # 3 heads a panel: all coloured
+
+
+def test_head_colours_are_distinct_for_any_model():
+    def lab(color):  # CIE L*a*b* of an sRGB hex colour
+        rgb = [int(color[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        r, g, b = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        xyz = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.9505, 0.2126 * r + 0.7152 * g + 0.0722 * b, \
+            (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.089
+        fx, fy, fz = [t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in xyz]
+        return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+
+    for n_layers, n_heads in ((2, 8), (3, 12), (6, 8), (12, 12)):
+        colors = {(layer, h): plots.head_color(layer, h, n_layers, n_heads)
+                  for layer in range(n_layers) for h in range(n_heads)}
+        assert len(set(colors.values())) == n_layers * n_heads
+        for layer in range(n_layers):  # heads of one layer, the lines compared most, differ clearly
+            same = [lab(colors[layer, h]) for h in range(n_heads)]
+            assert min(math.dist(a, b) for a, b in itertools.combinations(same, 2)) > 15
+    assert plots.head_color(1, 3) != plots.head_color(1, 4)
+
+
+def is_diverging_at_zero(trace):
+    """A diverging scale (red at one end, blue at the other) whose midpoint is 0."""
+    rdbu = [color for _, color in get_colorscale("RdBu")]
+    colors = [color for _, color in trace.colorscale]
+    symmetric = trace.zmin is not None and trace.zmax is not None and trace.zmin == -trace.zmax
+    return colors in (rdbu, rdbu[::-1]) and (trace.zmid == 0 or symmetric)
+
+
+def test_signed_heatmaps_use_a_diverging_scale_centred_on_zero(wide):
+    figs, _ = plots.figures(wide)
+    for name in ("induction_heatmap", "ablation_heatmap_icl", "path_patching", "path_patching_icl"):
+        assert all(is_diverging_at_zero(t) for t in figs[name].data), name
+        assert all(t.zmid == 0 and t.zmin == -t.zmax for t in figs[name].data), name
+    for name in ("composition", "rllc_heatmap"):  # scores >= 0 and log values: sequential
+        assert not any(is_diverging_at_zero(t) for t in figs[name].data), name
+    auto = plots.head_heatmap(wide, "attention", "prev_token_score")  # all >= 0 here: sequential
+    assert not is_diverging_at_zero(auto.data[0])
+    signed = plots.head_heatmap(wide.assign(value=wide.value - 1.5), "attention", "prev_token_score")
+    assert is_diverging_at_zero(signed.data[0])
+
+
+def test_ablation_heatmap_shows_the_change_from_clean(wide):
+    fig = plots.ablation_heatmap(wide, "icl")
+    z, labels = fig.data[0].z, list(fig.layout.yaxis.ticktext)
+    assert z[labels.index("L2H7")] == pytest.approx([-0.4] * len(STEPS))
+    assert z[labels.index("L0H3")] == pytest.approx([0.2] * len(STEPS))
+
+
+def test_path_patching_prints_its_cells(wide):
+    fig = plots.path_patching_figure(wide, "icl")
+    k = fig.data[1]
+    assert fig.data[0].texttemplate == "%{text}" and k.text[0][0] == "-0.50" and k.text[1][1] == ""
+
+
+def test_every_figure_has_a_caption_under_it_in_the_report(wide, tmp_path):
+    figs, _ = plots.figures(wide)
+    html = plots.report_html(figs, "coopinterp report: wide")
+    for name, fig in figs.items():
+        caption = plots.caption(fig)
+        assert caption.endswith(".") and caption.count(". ") == 0, name  # one sentence
+        start = html.index(f'id="fig-{name}"')
+        end = min([html.index(f'<h2 id="{n}"', start) for n in figs if f'<h2 id="{n}"' in html[start:]] or [len(html)])
+        assert escape(caption) in html[start:end], name  # under its own figure, before the next one
+    page = plots.write_html(figs["behavior"], tmp_path / "b.html").read_text()
+    assert escape(plots.caption(figs["behavior"])) in page  # the figure's own page carries it too
+
+
+def test_phase_labels_sit_above_the_data_and_apart(table):
+    apart = plots.behavior_figure(table)  # marks at 300 and 3000: one row of labels
+    assert {a.yshift for a in apart.layout.annotations} == {0}
+    close = plots.behavior_figure(table, marks=[plots.Phase("a", 300, 0, "ICL peak: acc 0.95"),
+                                                plots.Phase("b", 330, 0, "CIWL overtakes ICL")])
+    assert sorted(a.yshift for a in close.layout.annotations) == [-16, 0]  # the second label a row down
+    for fig, rows in ((apart, 1), (close, 2)):  # headroom above accuracy 1.02 for the label rows
+        lo, hi = fig.layout.yaxis.range
+        plot_px = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+        assert (hi - 1.02) / (hi - lo) * plot_px >= 16 * rows
+        assert all(not a.bgcolor for a in fig.layout.annotations)
+
+
+def test_log_axes_tick_at_powers_of_ten(wide):
+    figs, _ = plots.figures(wide)
+    for name, fig in figs.items():
+        for axis in [fig.layout[k] for k in fig.layout if k.startswith(("xaxis", "yaxis"))]:
+            if axis.type == "log":
+                assert axis.dtick == 1, name
