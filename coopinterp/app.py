@@ -32,6 +32,7 @@ from .task import EVALUATORS, Batch
 
 MODES = ("zero", "mean", "resample")
 CELL = {"border": "1px solid #ccc", "padding": "3px 10px", "textAlign": "right"}
+PATTERN_ROW_PX, PATTERN_GAP_PX = 140, 44  # height of one layer's row of pattern heatmaps, and the gap between rows
 
 
 def position_labels(context_pairs: int) -> list[str]:
@@ -128,8 +129,9 @@ def attention_figure(explorer: Explorer) -> go.Figure:
     """The grid of per-head pattern heatmaps (zeros; `render` patches in the numbers)."""
     cfg, labels = explorer.cfg, position_labels(explorer.run.config.task.context_pairs)
     titles = [plots.head_label(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
-    fig = make_subplots(cfg.n_layers, cfg.n_heads, subplot_titles=titles, horizontal_spacing=0.012,
-                        vertical_spacing=0.12)
+    height = PATTERN_ROW_PX * cfg.n_layers + 90
+    fig = make_subplots(cfg.n_layers, cfg.n_heads, subplot_titles=titles,  # fixed gaps fit any number of heads
+                        horizontal_spacing=min(0.012, 0.5 / cfg.n_heads), vertical_spacing=PATTERN_GAP_PX / height)
     for layer in range(cfg.n_layers):
         for head in range(cfg.n_heads):
             fig.add_trace(go.Heatmap(z=[[0.0] * len(labels)] * len(labels), x=labels, y=labels, zmin=0, zmax=1,
@@ -139,7 +141,7 @@ def attention_figure(explorer: Explorer) -> go.Figure:
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=9))
     fig.update_xaxes(tickfont=dict(size=9), tickangle=0)
     fig.update_annotations(font_size=11)
-    fig.update_layout(height=140 * cfg.n_layers + 90, margin=dict(t=60, l=40, r=10, b=20), template=plots.TEMPLATE,
+    fig.update_layout(height=height, margin=dict(t=60, l=40, r=10, b=20), template=plots.TEMPLATE,
                       coloraxis=dict(colorscale="Blues", cmin=0, cmax=1, colorbar=dict(title="attention", len=0.8)),
                       title="Attention of one train sequence (rows: query position, columns: key position)")
     return fig

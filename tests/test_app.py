@@ -2,14 +2,17 @@ import shutil
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from werkzeug.serving import make_server
 
+import coopinterp as ci
 from coopinterp.analysis.ablation import ablate, all_heads
-from coopinterp.app import Explorer, make_app, position_labels, render
+from coopinterp.app import Explorer, attention_figure, make_app, position_labels, render
+from coopinterp.config import ModelConfig
 from coopinterp.errors import CheckpointError
 from coopinterp.errors import ConfigError
 from coopinterp.task import accuracy, loss
@@ -131,3 +134,16 @@ def test_app_opens_at_a_chosen_step_with_heads_ticked(explorer, tiny_run):
     assert found == {"step": 1, "heads-0": ["0.1"], "heads-1": ["1.2"]}
     with pytest.raises(CheckpointError, match="no checkpoint at step 7"):
         make_app(explorer, step=7)
+
+
+
+def test_the_head_grid_follows_the_model(tiny_config, tmp_path):
+    """A model of 3 layers x 12 heads gets a 3 x 12 grid of ablation boxes and of pattern heatmaps."""
+    model = ModelConfig(n_layers=3, n_heads=12, d_model=96, d_head=8)
+    config = replace(tiny_config, model=model, train=replace(tiny_config.train, steps=2, n_checkpoints=2))
+    explorer = Explorer(ci.train(config, tmp_path / "wide", progress=False, device="cpu"), n=8)
+    fig = attention_figure(explorer)
+    assert len(fig.data) == 3 * 12 and fig.layout.annotations[-1].text == "L2H11"
+    boxes = {c.id: c.options for c in make_app(explorer).layout._traverse()
+             if str(getattr(c, "id", "")).startswith("heads-")}
+    assert sorted(boxes) == ["heads-0", "heads-1", "heads-2"] and all(len(o) == 12 for o in boxes.values())
