@@ -30,7 +30,7 @@ def _plain(text: str | None) -> str:
 def _default(param) -> str:
     if param.required:
         return "required"
-    if param.default is None or getattr(param, "is_flag", False) and not param.secondary_opts:
+    if param.default in (None, [], ()) or getattr(param, "is_flag", False) and not param.secondary_opts:
         return ""
     if getattr(param, "is_flag", False):
         return f"`{(param.opts if param.default else param.secondary_opts)[0]}`"
@@ -47,15 +47,18 @@ def _name(param, ctx) -> str:
 
 
 def markdown() -> str:
-    """One heading line and one table (argument or option, default, help) per command, in `--help`'s order."""
+    """One line of help and a table of its arguments and options (default, help) per command, in `--help`'s
+    order."""
     group = typer.main.get_command(app)
     lines = [BEGIN]
     for name in group.list_commands(group.context_class(group)):
         command = group.commands[name]
         ctx = command.context_class(command, info_name=name)
-        lines += ["", f"**`coopinterp {name}`**: {_plain(command.help)}", "",
-                  "| argument or option | default | what it does |", "|---|---|---|"]
-        lines += [f"| {_name(p, ctx)} | {_default(p)} | {_plain(p.help)} |" for p in command.params if not p.hidden]
+        params = [p for p in command.params if not p.hidden]
+        lines += ["", f"**`coopinterp {name}`**: {_plain(command.help)}"]
+        if params:
+            lines += ["", "| argument or option | default | what it does |", "|---|---|---|"]
+            lines += [f"| {_name(p, ctx)} | {_default(p)} | {_plain(p.help)} |" for p in params]
     return "\n".join(lines + ["", END])
 
 
