@@ -16,13 +16,17 @@ from concurrent.futures import ProcessPoolExecutor
 
 import plotly.graph_objects as go
 from common import choose, parse, save
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 import coopinterp as ci
 from coopinterp.analysis import llc
-from coopinterp.plots import HEAD_COLORS
+from coopinterp.plots import TEMPLATE
 
 SETTINGS = [(1e-4, 100.0), (3e-4, 100.0), (1e-3, 100.0), (3e-3, 100.0), (1e-3, 10.0), (1e-3, 1000.0)]
+CHOSEN = (llc.Options().lr, llc.Options().localization)  # the defaults these traces chose
+LR_SWEEP = [s for s in SETTINGS if s[1] == CHOSEN[1]]  # step sizes at the chosen localization: one y scale per row
+GAMMA_SWEEP = [s for s in SETTINGS if s not in LR_SWEEP]  # localizations: the LLC scales with them, own y scales
 TARGETS = {"whole model": None, "L0H5": (0, 5), "L1H2": (1, 2)}
 CHAINS, STEPS = 4, 300
 
@@ -44,24 +48,47 @@ def traces_at(run_dir: str, step: int, fast: bool) -> dict:
 
 
 def figure(traces: dict[int, dict], target: str, labels: dict[int, str]) -> go.Figure:
-    steps = list(traces)
-    fig = make_subplots(len(steps), len(SETTINGS), shared_xaxes=True, vertical_spacing=0.05, horizontal_spacing=0.03,
-                        column_titles=[f"lr {lr:g}, γ {gamma:g}" for lr, gamma in SETTINGS],
+    """Chains' traces, a row per checkpoint: the step-size sweep on one y scale per row (heights compare), then,
+    after a gap, the localization sweep, each panel on its own scale (the LLC scales with the localization); the
+    chosen setting's column shaded."""
+    steps, columns = list(traces), [*LR_SWEEP, None, *GAMMA_SWEEP]  # None: an empty, narrow column between sweeps
+    fig = make_subplots(len(steps), len(columns), shared_xaxes=True, vertical_spacing=0.05, horizontal_spacing=0.03,
+                        column_widths=[0.25 if c is None else 1 for c in columns],
+                        column_titles=["" if c is None else f"lr {c[0]:g}, γ {c[1]:g}" + (" (chosen)" if c == CHOSEN
+                                                                                         else "") for c in columns],
                         row_titles=[labels[s] for s in steps])
     for r, step in enumerate(steps, 1):
-        for c, (lr, gamma) in enumerate(SETTINGS, 1):
-            values = traces[step].get((lr, gamma, target))
+        shared = [traces[step][(*setting, target)] for setting in LR_SWEEP if (*setting, target) in traces[step]]
+        lo = min((float(v.min()) for v in shared), default=0.0)
+        hi = max((float(v.max()) for v in shared), default=1.0)
+        for c, setting in enumerate(columns, 1):
+            values = None if setting is None else traces[step].get((*setting, target))
             if values is None:
+                fig.update_xaxes(visible=False, row=r, col=c)
+                fig.update_yaxes(visible=False, row=r, col=c)
                 continue
             for chain, trace in enumerate(values.tolist()):
-                fig.add_trace(go.Scatter(y=trace, mode="lines", line=dict(width=1, color=HEAD_COLORS[chain]),
+                fig.add_trace(go.Scatter(y=trace, mode="lines", line=dict(width=1, color=qualitative.D3[chain % 10]),
                                          name=f"chain {chain}", legendgroup=str(chain), showlegend=r == c == 1),
                               row=r, col=c)
+            if setting in LR_SWEEP:
+                fig.update_yaxes(range=[min(lo, 0.0), 1.05 * hi], row=r, col=c)
+            if setting == CHOSEN:
+                fig.add_shape(type="rect", x0=0, x1=1, y0=0, y1=1, xref="x domain", yref="y domain", row=r, col=c,
+                              fillcolor="#fff3c4", line_width=0, layer="below")
     fig.update_xaxes(title="SGLD step", row=len(steps))
     fig.update_yaxes(title="nβ (L − L*)", col=1)
+    for group, text in ((LR_SWEEP, f"step size lr at γ {CHOSEN[1]:g}: one y scale per row"),
+                        (GAMMA_SWEEP, f"localization γ at lr {CHOSEN[0]:g}: each panel its own y scale")):
+        first, last = columns.index(group[0]) + 1, columns.index(group[-1]) + 1
+        x0, x1 = fig.layout[f"xaxis{first}"].domain[0], fig.layout[f"xaxis{last}"].domain[1]
+        fig.add_annotation(text=f"<b>{text}</b>", x=(x0 + x1) / 2, y=1, yshift=30, xref="paper", yref="paper",
+                           yanchor="bottom", showarrow=False, font=dict(size=13))
     fig.update_layout(title=f"LLC calibration on the demo, {target}: each chain's excess loss in LLC units "
-                            f"(a flat trace's height is the estimate)", template="plotly_white",
-                      height=230 * len(steps) + 120, width=260 * len(SETTINGS) + 150, legend_title_text="chain")
+                            f"(a flat trace's height is the estimate)", template=TEMPLATE,
+                      height=230 * len(steps) + 200, width=260 * len(SETTINGS) + 220, margin=dict(t=140, b=110),
+                      legend=dict(title_text="chain", orientation="h", x=0.5, xanchor="center", y=-0.06,
+                                  yanchor="top"))
     return fig
 
 
