@@ -35,7 +35,8 @@ def planted_gpt2() -> "transformers.GPT2LMHeadModel":
     """2 layers, 3 heads of 32 dims in a 96-dim stream: positions one-hot in dims 0-31, tokens in 32-63. L0H0
     attends to the previous position and writes that position's token into dims 64-95; L1H1's query reads the
     current token, its key the previous token written there: it attends to the position after an earlier occurrence
-    of the current token (induction). Every other weight is zero, so the other heads attend uniformly."""
+    of the current token (induction), and copies that token into the prediction (the unembedding is tied to the token
+    embedding). Every other weight is zero, so the other heads attend uniformly and write nothing."""
     cfg = transformers.GPT2Config(vocab_size=V, n_positions=CTX, n_embd=96, n_layer=2, n_head=3, bos_token_id=None,
                                   eos_token_id=None)
     model = transformers.GPT2LMHeadModel(cfg)
@@ -56,6 +57,8 @@ def planted_gpt2() -> "transformers.GPT2LMHeadModel":
         W1 = model.transformer.h[1].attn.c_attn.weight
         W1[32:64, 32:64] = 3 * eye  # head 1's q: the current token
         W1[64:96, d + 32:d + 64] = 3 * eye  # head 1's k: the previous token
+        W1[32:64, 2 * d + 32:2 * d + 64] = eye  # head 1's v: the token it attends to
+        model.transformer.h[1].attn.c_proj.weight[32:64, 32:64] = 20 * eye  # ... raises that token's logit
     return model.eval()
 
 
@@ -107,6 +110,20 @@ def test_planted_heads_score_as_built(planted_run, tmp_path):
     assert max(others) < 0.3
     assert max(last["prev_token_score", layer, head] for layer in (0, 1) for head in (1, 2)) < 0.3
     assert set(df.evaluator.dropna()) == {"repeated_tokens"}
+    loss = df[df.analysis == "behavior"].set_index(["step", "metric"]).value
+    # the circuit predicts the repeat (not perfectly: with 32 tokens a block often holds one twice)
+    assert loss[500, "loss_repeat"] < 1.5 < 5 < loss[500, "loss_first_copy"]
+
+
+def test_path_patching_finds_the_k_composition(planted_run, tmp_path):
+    """Mean-patching L0H0 into L1H1's key input breaks induction; into its query or value it barely matters, and
+    into a head that writes nothing it changes nothing."""
+    df = an.analyze(open_run(planted_run), ["path_patching"], steps=[500], n=64, progress=False, cache_dir=tmp_path)
+    delta = df[df.metric == "delta_loss"].set_index(["src_layer", "src_head", "layer", "head", "component"]).value
+    assert len(delta) == 3 * 3 * 3  # every layer-0 head -> every layer-1 head, through q, k, v
+    assert delta[0, 0, 1, 1, "k"] > 1  # the mean loss over both copies: about half the positions lose the repeat
+    assert abs(delta[0, 0, 1, 1, "q"]) < 0.3 and abs(delta[0, 0, 1, 1, "v"]) < 0.3
+    assert delta[0, 0, 1, 0].abs().max() < 1e-5 and delta[0, 0, 1, 2].abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("relation", ["prev_token", "induction"])
@@ -158,7 +175,7 @@ def test_every_token_analysis_covers_every_head(arch_run, tmp_path):
     arch, root = arch_run
     run = open_run(root)
     df = an.analyze(run, n=8, progress=False, cache_dir=tmp_path)
-    assert set(df.analysis) == {"behavior", "attention", "composition", "ablation"}
+    assert set(df.analysis) == {"behavior", "attention", "composition", "ablation", "path_patching"}
     heads = {(layer, head) for layer in range(3) for head in range(4)}
     for metric in ("prev_token_score", "self_score", "duplicate_token_score", "induction_score", "copying_score"):
         rows = df[df.metric == metric]

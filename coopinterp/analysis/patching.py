@@ -10,6 +10,13 @@ unembedding path, so patching all receivers' q, k and v with it equals ablating 
 keeps, cuts or isolates the query embedding's own path to the unembedding (see `ablation`).
 
 The paper's K/V/Q check (`qkv_check`) zeroes every layer-0 head's output in layer 1's K, V or Q input only.
+
+A token model of any depth (`token_rows`): each head -> each head of every later layer, through q, k or v, by
+hooks only. The sender's mean-ablated output (its `hook_z` change through its W_O) is added to the receiver
+layer's `hook_resid_pre` in one forward, which gives that layer's patched q, k and v (its LayerNorm recomputed,
+positions rotated as the model does); a second forward, with the receivers folded into the batch, takes the
+clean run and swaps in one receiver's patched q, k or v. With grouped-query attention a receiver's k and v are its
+group's, shared with the other query heads of the group. Rows: next-token `loss` and `delta_loss` (from clean).
 """
 from __future__ import annotations
 
@@ -23,8 +30,11 @@ from transformer_lens.utilities import get_act_name
 
 from ..errors import ConfigError
 from ..model import CoopModel
+from ..outside import TokenModel
+from ..sources import TokenBatch
 from ..task import Batch
 from .engine import Engine, check_direct_path, replacement, with_direct_path
+from .forwards import LOGITS_BUDGET, next_token_loss, token_run
 from .record import Analysis
 
 COMPONENTS = ("q", "k", "v")
@@ -180,5 +190,73 @@ def receive_hooked(model: CoopModel, batch: Batch, receivers: Sequence[int], com
     return model.run_with_hooks(batch, fwd_hooks=hooks + list(extra_hooks))
 
 
-ANALYSIS = Analysis("path_patching", 1, rows, "each layer-0 head (or all) patched into each layer-1 head's q, k or v",
+@torch.no_grad()
+def patched_inputs(model: TokenModel, tokens: Tensor, layer: int, delta: Float[Tensor, "n pos d_model"]) -> dict:
+    """hook_q, hook_k and hook_v of `layer` when `delta` is added to the stream entering it."""
+    names = {c: get_act_name(c, layer) for c in COMPONENTS}
+    with model.bridge.hooks(fwd_hooks=[(get_act_name("resid_pre", layer), lambda resid, hook: resid + delta)]):
+        _, cache = model.bridge.run_with_cache(tokens, names_filter=list(names.values()))
+    return {c: cache[name] for c, name in names.items()}
+
+
+@torch.no_grad()
+def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
+    """Every head -> every head of each later layer, through q, k and v (the sender mean-ablated)."""
+    cfg, out = model.cfg, []
+    for ev, batch in batches.items():
+        n, T = batch.tokens.shape
+        clean = token_run(model, batch).loss.mean().item()
+        z_names = [get_act_name("z", layer) for layer in range(cfg.n_layers)]
+        _, cache = model.run_with_cache(batch, names_filter=z_names)
+        for src_layer in range(cfg.n_layers - 1):
+            z = cache[z_names[src_layer]]
+            for src_head in range(cfg.n_heads):
+                change = replacement(z, "mean")[..., src_head, :] - z[..., src_head, :]
+                delta = change @ model.bridge.W_O[src_layer, src_head]
+                for layer in range(src_layer + 1, cfg.n_layers):
+                    patched = patched_inputs(model, batch.tokens, layer, delta)
+                    sets = [(c, h) for c in COMPONENTS for h in range(cfg.n_heads)]
+                    losses = swapped_loss(model, batch, layer, sets, patched)
+                    for (c, head), value in zip(sets, losses.tolist()):
+                        base = {"evaluator": ev, "layer": layer, "head": head, "src_layer": src_layer,
+                                "src_head": src_head, "component": c}
+                        out += [{**base, "metric": "loss", "value": value},
+                                {**base, "metric": "delta_loss", "value": value - clean}]
+    return out
+
+
+@torch.no_grad()
+def swapped_loss(model: TokenModel, batch: TokenBatch, layer: int, sets: list[tuple[str, int]],
+                 patched: dict[str, Tensor]) -> Float[Tensor, " sets"]:
+    """Mean next-token loss of each set (component, receiver head): the clean run with that head's q, k or v at
+    `layer` taken from `patched`, the sets folded into the batch (in chunks that bound the logits' memory)."""
+    n, T = batch.tokens.shape
+    per_call = max(1, LOGITS_BUDGET // (n * T * model.cfg.d_vocab))
+    totals = []
+    for first in range(0, len(sets), per_call):
+        group = sets[first: first + per_call]
+        S = len(group)
+
+        def swap(x: Tensor, hook, c: str) -> Tensor:
+            x = x.unflatten(0, (S, n)).clone()
+            per_kv = model.cfg.n_heads // x.shape[-2]  # grouped-query attention: several query heads per k, v
+            for s, (comp, head) in enumerate(group):
+                if comp == c:
+                    kv = head if c == "q" else head // per_kv
+                    x[s, :, :, kv] = patched[c][:, :, kv]
+            return x.flatten(0, 1)
+
+        tokens = batch.tokens.repeat(S, 1)
+        logits = model.bridge.run_with_hooks(
+            tokens, fwd_hooks=[(get_act_name(c, layer), partial(swap, c=c)) for c in {c for c, _ in group}])
+        totals.append(next_token_loss(logits, tokens, batch.first).view(S, -1).mean(-1))
+    return torch.cat(totals)
+
+
+def rows_any(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
+    return token_rows(model, batches) if model.kind == "tokens" else rows(model, batches)
+
+
+ANALYSIS = Analysis("path_patching", 1, rows_any, "each layer-0 head (or all) patched into each layer-1 head's q, k "
+                    "or v (token models: every head into every later head)", models=("exemplar", "tokens"),
                     figures=("path_patching", "path_patching_icl"))
