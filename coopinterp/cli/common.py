@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import CheckpointError, CoopError
+from ..errors import CoopError
 
 app = typer.Typer(help="Study how ICL and CIWL circuits form, compete and cooperate across training.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
