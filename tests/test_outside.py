@@ -273,3 +273,16 @@ def test_cli_analyze_on_an_outside_run_with_pattern(planted_run, tmp_path):
     assert "induction_score" in out.read_text() and "analyzed" in result.output
     result = _cli("analyze", renamed, "--analyses", "clamping", "--pattern", r"ckpt_(\d+)", "--no-progress")
     assert result.exit_code == 2 and "does not apply to this run's tokens model" in result.output
+
+
+def test_plot_and_report_on_an_outside_run(planted_run, tmp_path):
+    shutil.copytree(planted_run, tmp_path / "run")  # plot caches its analysis into the run
+    out = tmp_path / "figs"
+    result = _cli("plot", tmp_path / "run", "--out", out, "--format", "html", "--n", 16, "--no-progress")
+    assert result.exit_code == 0, result.output
+    drawn = {p.stem for p in out.glob("*.html")}
+    assert {"token_loss", "layer0_attention", "layer1_attention", "induction_heatmap", "ablation_heatmap",
+            "composition", "path_patching"} <= drawn
+    assert not drawn & {"behavior", "ablation_heatmap_icl", "path_patching_icl"}  # the exemplar task's figures
+    report = _cli("report", tmp_path / "run", "--out", tmp_path / "r.html", "--n", 16, "--no-progress")
+    assert report.exit_code == 0 and "GPT2LMHeadModel" in (tmp_path / "r.html").read_text()

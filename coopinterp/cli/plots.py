@@ -39,7 +39,7 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int, progre
             metrics = run.metrics
         except CheckpointError:
             metrics = None
-        config = run.config.to_dict() if run.kind == "exemplar" else run.config
+        config = run.config.to_dict() if run.kind == "exemplar" else {"config.json (first checkpoint)": run.config}
         return table, metrics, config, run.name
     if source.suffix in (".parquet", ".csv"):
         if analyses:

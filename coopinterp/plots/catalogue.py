@@ -16,6 +16,7 @@ from .llc import llc_figure
 from .marks import Phase, phases
 from .matrices import composition_figure, path_patching_figure
 from .rows import MissingAnalysis, check_x
+from .tokens import is_token_table, token_ablation_heatmap, token_loss_figure, token_path_patching_figure
 
 INDUCTION_CAPTIONS = {
     "induction_strength": "Induction strength on flip of every head (row) at every checkpoint (column), on a diverging "
@@ -57,6 +58,8 @@ def figures(table: pd.DataFrame, metrics: pd.DataFrame | None = None,
     the table's own behavior rows stay the clean baseline of ablation and path patching (same batches).
     """
     check_x(x)
+    if is_token_table(table):
+        return _build(token_makers(table, x))
     behavior_table = metrics if metrics is not None and (metrics.analysis == "behavior").any() else table
     marks = phases(behavior_table)
     makers: dict[str, Callable[[], go.Figure]] = {
@@ -77,6 +80,24 @@ def figures(table: pd.DataFrame, metrics: pd.DataFrame | None = None,
             table, "llc", "rllc", "train", marks=marks, log_floor=1e-3,
             title="Refined LLC of each head over training"), RLLC_CAPTION),
     })
+    return _build(makers)
+
+
+def token_makers(table: pd.DataFrame, x: str) -> dict[str, Callable[[], go.Figure]]:
+    """The figures of a token model's table (no exemplar evaluators, so no phase marks)."""
+    makers: dict[str, Callable[[], go.Figure]] = {"token_loss": lambda: token_loss_figure(table, x=x)}
+    for layer in attention_layers(table):
+        makers[f"layer{layer}_attention"] = lambda layer=layer: layer_figure(table, layer, x=x, marks=[])
+    makers.update({
+        "induction_heatmap": lambda: induction_heatmap(table, []),
+        "ablation_heatmap": lambda: token_ablation_heatmap(table),
+        "composition": lambda: composition_figure(table, marks=[]),
+        "path_patching": lambda: token_path_patching_figure(table),
+    })
+    return makers
+
+
+def _build(makers: dict[str, Callable[[], go.Figure]]) -> tuple[dict[str, go.Figure], dict[str, str]]:
     figs, skipped = {}, {}
     for name, make in makers.items():
         try:

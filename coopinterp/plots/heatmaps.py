@@ -29,7 +29,7 @@ def step_axis(steps: Sequence[int]) -> Callable[[float], float]:
 
 def head_heatmap(table: pd.DataFrame, analysis: str, metric: str, evaluator: str | None = None,
                  component: str | None = None, marks: Sequence[Phase] | None = None, title: str | None = None,
-                 log_floor: float | None = None, signed: bool | None = None) -> go.Figure:
+                 log_floor: float | None = None, signed: bool | None = None, reverse: bool = False) -> go.Figure:
     """Any per-head metric of the table as a head x checkpoint heatmap (step 0 included); see `step_heatmap`.
 
     `evaluator` and `component` pick one of several; a metric with several and none picked is an error.
@@ -45,7 +45,8 @@ def head_heatmap(table: pd.DataFrame, analysis: str, metric: str, evaluator: str
         raise MissingAnalysis(f"no per-head {analysis}/{metric} rows in the table")
     what = " ".join(str(v) for v in (evaluator, component) if v is not None)
     return step_heatmap(rows, title or f"{analysis}/{metric}{f' ({what})' if what else ''} per head over training",
-                        metric.replace("_", " "), phases(table) if marks is None else marks, log_floor, signed)
+                        metric.replace("_", " "), phases(table) if marks is None else marks, log_floor, signed,
+                        reverse)
 
 
 def step_heatmap(rows: pd.DataFrame, title: str, value_title: str, marks: Sequence[Phase],
