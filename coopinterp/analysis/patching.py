@@ -23,6 +23,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Sequence
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -253,10 +254,20 @@ def swapped_loss(model: TokenModel, batch: TokenBatch, layer: int, sets: list[tu
     return torch.cat(totals)
 
 
+def headline(rows: pd.DataFrame) -> str:
+    delta = rows[rows.metric == "delta_loss"]
+    if delta.empty:
+        return ""
+    top = delta.loc[delta.value.idxmax()]
+    return (f"largest loss increase {top.value:.3f} ({top.src_layer}.{top.src_head} -> {top.layer}.{top['head']} "
+            f"through {top.component})")
+
+
 def rows_any(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
     return token_rows(model, batches) if model.kind == "tokens" else rows(model, batches)
 
 
 ANALYSIS = Analysis("path_patching", 1, rows_any, "each layer-0 head (or all) patched into each layer-1 head's q, k "
                     "or v (token models: every head into every later head)", models=("exemplar", "tokens"),
+                    headline=headline,
                     figures=("path_patching", "path_patching_icl"))
