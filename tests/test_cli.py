@@ -20,7 +20,8 @@ def test_help():
     (("train", "--out", "x", "--bogus"), "No such option: --bogus"),
     (("train", "--out", "x", "--preset", "tiny", "--device", "tpu"), "--device must be cpu or cuda"),
     (("info",), "Missing argument"),
-    (("analyze", "x", "--llc-draws", "5"), "--llc-* options apply to the llc analysis: add --analyses llc"),
+    (("analyze", "x", "--option", "llc.draws=5"), "--option llc.* applies to the llc analysis: add --analyses llc"),
+    (("analyze", "x", "--option", "draws=5"), "bad --option 'draws=5': write NAME.KEY=VALUE"),
 ])
 def test_errors_are_one_line(args, message, tmp_path):
     r = cli(*args, cwd=tmp_path)

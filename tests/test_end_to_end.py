@@ -23,8 +23,8 @@ def test_train_analyze_plot_report(tmp_path):
     table = pd.read_parquet(tmp_path / "table.parquet")
     assert set(table.analysis) == set(default_analyses())
     assert not table.value.isna().any()
-    cli("analyze", run, "--analyses", "llc", "--llc-chains", "2", "--llc-draws", "10", "--llc-burnin", "5",
-        "--out", tmp_path / "llc.parquet")
+    cli("analyze", run, "--analyses", "llc", "--option", "llc.chains=2", "--option", "llc.draws=10",
+        "--option", "llc.burnin=5", "--out", tmp_path / "llc.parquet")
     llc = pd.read_parquet(tmp_path / "llc.parquet")
     assert set(llc.metric) >= {"llc", "llc_std", "rllc"} and not llc.value.isna().any()
     cli("plot", run, "--out", tmp_path / "plots", "--n", "64", "--format", "html,png")
