@@ -260,6 +260,17 @@ def test_bad_runs_are_one_line_errors_and_write_nothing(planted_run, tmp_path):
     assert text.exit_code == 2 and "not found" in text.output and not (tmp_path / "t.parquet").exists()
     with pytest.raises(CheckpointError, match="no checkpoint at step 3"):
         open_run(planted_run).model(3)
+    for verb in ("patch", "clamp", "app"):  # the exemplar task's commands name what to use instead
+        refused = _cli(verb, planted_run)
+        assert refused.exit_code == 2 and "token model" in refused.output and len(refused.output.splitlines()) == 1
+
+
+def test_ablate_a_set_of_heads_of_an_outside_run(planted_run):
+    result = _cli("ablate", planted_run, "--heads", "0.0,1.1", "--mode", "zero", "--n", 16)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "repeated_tokens" in line)
+    clean, ablated = (float(v) for v in row.split("│")[2:4])
+    assert ablated > clean + 1  # the induction circuit gone
 
 
 def test_cli_analyze_on_an_outside_run_with_pattern(planted_run, tmp_path):

@@ -20,11 +20,14 @@ MODE = typer.Option("mean", "--mode", help="zero | mean | resample.")
 def _load(run_dir: Path, step: Optional[int], n: int, seed: int):
     """(run, step, model, one batch per evaluator)."""
     from ..analysis import eval_batches
-    from ..checkpoints import load_run
+    from ..runs import open_run
 
     if n < 2:
         raise ConfigError(f"--n must be >= 2, got {n}")
-    run = load_run(run_dir)
+    run = open_run(run_dir)
+    if run.kind != "exemplar":
+        raise ConfigError(f"{run_dir} holds a token model and this command reads the exemplar task's evaluators: use "
+                          "`coopinterp ablate`, or `coopinterp analyze --analyses path_patching` for its paths")
     step = run.steps[-1] if step is None else run.check_step(step)
     return run, step, run.model(step), eval_batches(run.config.task, n, seed)
 
