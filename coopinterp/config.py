@@ -235,7 +235,17 @@ PRESETS: dict[str, RunConfig] = {
                           checkpoint_dtype="float16", eval_every=1_000, eval_n=1_024),
         name="demo",
     ),
-    # Trains in seconds; for tests and CI.
+    # The phenomenon in under 3 minutes on one CPU core: the demo's task at half the classes (a cheaper
+    # unembedding) and in 16 dimensions (in 64, CIWL formed first in 2 of seeds 0-2 at this class count). ICL
+    # passes 0.8 by 4,000-5,000 steps in seeds 0-2; then CIWL rises from ~0.65 to ~0.85 and flip falls from ~0.8
+    # towards the memorised answer (README, "Your first hour").
+    "quick": RunConfig(
+        task=TaskConfig(n_classes=6_400, dim=16, eps=0.7, family_size=8, family_delta=0.15),
+        train=TrainConfig(steps=24_000, batch_size=32, lr=3e-4, n_checkpoints=8,
+                          checkpoint_dtype="float16", eval_every=1_000, eval_n=512),
+        name="quick",
+    ),
+    # Trains in seconds; for tests and CI (it learns too little to show ICL: use quick for that).
     "tiny": RunConfig(
         task=TaskConfig(n_classes=64, n_labels=16, exemplars_per_class=8, dim=16, eps=0.3),
         model=ModelConfig(n_layers=2, n_heads=4, d_model=32, d_head=8),
