@@ -224,7 +224,7 @@ def make_app(explorer: Explorer, step: int | None = None, heads: Sequence[Head] 
     app.layout = html.Div(style={"fontFamily": "sans-serif", "maxWidth": "1200px", "margin": "auto"}, children=[
         html.H2(f"Head ablation explorer: {run.name}"),
         html.Div(f"{len(run.steps)} checkpoints; evaluator batches of n={len(explorer.batches['train'])} sequences "
-                 f"drawn with seed {explorer.seed} (`coopinterp ablate` and `analyze` draw the same by default); "
+                 f"drawn with seed {explorer.seed} (the ones coopinterp ablate and analyze draw by default); "
                  "ablated heads are replaced at every position (zero, batch mean, or another sequence's value)."),
         html.Div([html.B("training step"), dcc.Slider(id="step", min=0, max=len(run.steps) - 1, step=None,
                                                        value=start, marks=marks)],
