@@ -4,6 +4,7 @@ Only safetensors and JSON are ever read, so loading never unpickles anything.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import OrderedDict
@@ -130,8 +131,14 @@ class Run:
         return checkpoint_path(self.path, step)
 
     def analysis_config(self) -> dict:
-        """What decides an analysis besides the weights: the task (which sequences) and the model (its shape)."""
-        return {k: v for k, v in self.config.to_dict().items() if k in ("task", "model")}
+        """What decides an analysis besides the weights: the task (which sequences) and the model (its shape).
+
+        Only fields that differ from their defaults count, so that adding a field whose default keeps today's
+        behaviour leaves every cached table valid (hence: a default, once released, never changes).
+        """
+        return {section: {k: v for k, v in dataclasses.asdict(part).items()
+                          if v != getattr(type(part)(), k)}
+                for section, part in (("task", self.config.task), ("model", self.config.model))}
 
     def damage(self, step: int) -> str | None:
         """The one-line error of a checkpoint whose safetensors header does not read (a truncated file), else None."""

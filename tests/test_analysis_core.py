@@ -295,6 +295,9 @@ def test_cache_key_follows_task_and_model_not_training_settings(run_copy):
     assert an._Cache(extended, 32, 0, None).config_hash == key  # extending a run keeps its cache
     other = dataclasses.replace(run_copy, config=run_copy.config.replace(task={"eps": 0.9}))
     assert an._Cache(other, 32, 0, None).config_hash != key
+    # Only non-default fields count: a new task field whose default keeps today's behaviour keeps every cache.
+    assert "zipf_alpha" not in run_copy.analysis_config()["task"]
+    assert run_copy.analysis_config()["task"]["n_classes"] == run_copy.config.task.n_classes
 
 
 def test_every_analysis_module_declares_one_record():
