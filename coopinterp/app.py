@@ -87,7 +87,7 @@ class Explorer:
         model, engine = self.run.model(self.run.check_step(step)), self.engine(step)
         out = {}
         for ev, batch in self.batches.items():
-            acc, ce = engine.score(ablated_hidden(model, batch, [list(heads)], mode, engine=engine), batch)
+            acc, ce = engine.score(ablated_hidden(model, batch, [list(heads)], mode, engine=engine), batch).values()
             out[ev] = {"acc": acc.item(), "loss": ce.item()}
         return out
 

@@ -46,7 +46,7 @@ def test_the_guard_catches_a_mix():
 
 
 @pytest.mark.parametrize("name, call", [
-    ("engine", lambda m, b: E.Engine(m).score(E.Engine(m).forward(m.residual(b["train"]))[0], b["train"])[0]),
+    ("engine", lambda m, b: E.Engine(m).score(E.Engine(m).forward(m.residual(b["train"]))[0], b["train"])["acc"]),
     ("ablate", lambda m, b: [A.ablated_hidden(m, b["flip"], [[(0, 1)], [(1, 2), (0, 0)]], mode) for mode in E.MODES]),
     ("patch", lambda m, b: [P.patched_hidden(m, b["flip"], [[0], [1, 2]], [[0], [1]], ["q", "kv"], mode, direct=True,
                                              direct_path="cut") for mode in ("zero", "mean", "resample", b["icl"])]),

@@ -55,8 +55,17 @@ def test_engine_is_the_model(model, batches):
         hidden, _ = engine.forward(model.residual(batch))
         logits = engine.logits(hidden)
         torch.testing.assert_close(logits, model(batch), **TOL)
-        acc, ce = engine.score(torch.stack([hidden, hidden.flip(0)]), batch)
+        scores = engine.score(torch.stack([hidden, hidden.flip(0)]), batch, E.METRICS)
+        acc, ce = scores["acc"], scores["loss"]
         torch.testing.assert_close(acc[0], accuracy(logits, batch))
+        if batch.evaluator == "iwl":  # the target need not be in the context: no logit difference
+            assert set(scores) == {"acc", "loss"}
+        else:  # the target label's logit minus the best other context label's, from the full row
+            ctx = logits.gather(1, batch.labels)
+            is_target = batch.labels == batch.target[:, None]
+            diff = ctx.masked_fill(~is_target, -1e9).amax(1) - ctx.masked_fill(is_target, -1e9).amax(1)
+            kept = is_target.any(1) & ~is_target.all(1)
+            torch.testing.assert_close(scores["logit_diff"][0], diff[kept].mean(), **TOL)
         torch.testing.assert_close(ce[0], loss(logits, batch), **TOL)
         torch.testing.assert_close(ce[1], loss(logits.flip(0), batch), **TOL)
 
@@ -76,7 +85,7 @@ def test_ablate_matches_one_hook_per_set(model, batches, mode):
 def test_ablation_rows(model, batches):
     rows = A.rows(model, batches)
     heads = model.cfg.n_layers * model.cfg.n_heads
-    assert len(rows) == len(EVALUATORS) * len(E.MODES) * heads * 2
+    assert len(rows) == (len(EVALUATORS) * 3 - 1) * len(E.MODES) * heads  # no logit difference on iwl
     row = next(r for r in rows if (r["evaluator"], r["layer"], r["head"], r["component"], r["metric"])
                == ("icl", 1, 2, "zero", "loss"))
     logits = A.ablate(model, batches["icl"], [[(1, 2)]], "zero")[0]
@@ -111,7 +120,7 @@ def test_patching_everything_equals_ablating_the_senders(model, batches, mode):
     patched = P.patched_hidden(model, batch, every, every, ["qkv"], mode, direct=True)[0, 0, 0]
     ablated = A.ablated_hidden(model, batch, [[(0, h) for h in every[0]]], mode)[0]
     torch.testing.assert_close(patched, ablated, **TOL)
-    acc, _ = P.path_patch(model, batch, every, every, ["qkv"], mode, direct=True)
+    acc = P.path_patch(model, batch, every, every, ["qkv"], mode, direct=True)["acc"]
     assert P.qkv_check(model, batch, mode)["ablated"] == pytest.approx(acc.item())
 
 
@@ -147,7 +156,7 @@ def test_qkv_zero_check_with_direct_path_cut_matches_hooks(model, batches):
     batch, every = batches["train"], list(range(model.cfg.n_heads))
     values = A.hooked_replacements(model, batch, "zero")[0]
     inputs = P.sender_inputs_hooked(model, batch, every, values)
-    acc, ce = P.path_patch(model, batch, [every], [every], ["q", "k", "v"], "zero", direct_path="cut")
+    acc, ce = P.path_patch(model, batch, [every], [every], ["q", "k", "v"], "zero", direct_path="cut").values()
     for c, comp in enumerate("qkv"):
         naive = P.receive_hooked(model, batch, every, comp, inputs,
                                  extra_hooks=direct_path_hook(model, batch, "cut"))
@@ -164,7 +173,7 @@ def test_paper_checks_rows(model, batches):
     assert len(df) == len(EVALUATORS) * (2 + 2 * len(PC.CHECK_COMPONENTS)) * 2
     only = df[(df.component == "direct_only") & (df.evaluator == "iwl") & (df.metric == "acc")].value.item()
     engine = E.Engine(model)
-    acc, _ = engine.score(engine.forward(model.residual(batches["iwl"]), direct_path="only")[0], batches["iwl"])
+    acc = engine.score(engine.forward(model.residual(batches["iwl"]), direct_path="only")[0], batches["iwl"])["acc"]
     assert only == pytest.approx(acc.item())
 
 

@@ -168,6 +168,8 @@ def test_zero_ablation_through_hooks_equals_zeroing_the_head_in_hugging_face_wei
         assert value == pytest.approx(want, abs=1e-5)
     with torch.no_grad():
         clean = next_token_loss(hf(batch.tokens).logits, batch.tokens, batch.first).mean().item()
+        # the ablations' forwards stopped at the final LayerNorm (forwards.final_stream) and left no hook behind
+        torch.testing.assert_close(model.bridge(batch.tokens), hf(batch.tokens).logits, atol=1e-5, rtol=1e-5)
     assert all(abs(v - clean) > 1e-6 for v in got.tolist())
 
 

@@ -2,9 +2,10 @@
 
 The exemplar model runs on the batched engine, with a one-hook-per-set transformer-lens reference
 (`ablate_hooked`). A token model runs through the bridge's own `hook_z`, the ablated heads folded into the batch:
-a forward of S x n sequences ablates S heads at once (`ablated_token_loss`), in chunks that bound the logits'
-memory. Rows: the ablated `loss` (token models: next-token loss) and `delta_loss` (minus the clean loss; token
-models), per evaluator, head and mode (component).
+a forward of S x n sequences ablates S heads at once (`ablated_token_loss`), in chunks that bound the activations'
+memory, stopping at the final LayerNorm so that the loss unembeds a block of rows at a time. Rows: accuracy `acc`,
+`logit_diff` (target label minus the best other context label; not on iwl) and the ablated `loss` (token models:
+next-token loss and `delta_loss`, minus the clean loss), per evaluator, head and mode (component).
 """
 from __future__ import annotations
 
@@ -22,16 +23,18 @@ from ..outside import TokenModel
 from ..sources import TokenBatch
 from ..task import Batch
 from .engine import (
+    METRICS,
     MODES,
     Engine,
     Head,
+    HeadGrid,
     Zs,
     check_mode,
     head_masks,
     masked_edit,
     replacement,
 )
-from .forwards import LOGITS_BUDGET, next_token_loss, token_run
+from .forwards import TOKENS_PER_CALL, final_stream, stream_loss, token_run
 from .record import Analysis
 
 
@@ -66,9 +69,8 @@ def ablated_token_loss(model: TokenModel, batch: TokenBatch, head_sets: Sequence
     """Mean next-token loss with each set of heads ablated together (their hook_z replaced by values[layer])."""
     n, T = batch.tokens.shape
     masks = head_masks(head_sets, model.cfg).to(batch.tokens.device)  # sets layer head
-    per_row = T * model.cfg.d_vocab
-    rows_per_call = max(1, min(n, LOGITS_BUDGET // per_row))
-    sets_per_call = max(1, LOGITS_BUDGET // (rows_per_call * per_row))
+    rows_per_call = max(1, min(n, TOKENS_PER_CALL // T))
+    sets_per_call = max(1, TOKENS_PER_CALL // (rows_per_call * T))
     totals = torch.zeros(len(head_sets), device=batch.tokens.device)
     for first in range(0, len(head_sets), sets_per_call):
         group = masks[first: first + sets_per_call]
@@ -80,9 +82,9 @@ def ablated_token_loss(model: TokenModel, batch: TokenBatch, head_sets: Sequence
 
             tokens = batch.tokens[rows].repeat(S, 1)
             layers = [layer for layer in range(model.cfg.n_layers) if group[:, layer].any()]
-            logits = model.bridge.run_with_hooks(
-                tokens, fwd_hooks=[(get_act_name("z", layer), partial(ablate, layer=layer)) for layer in layers])
-            totals[first: first + S] += next_token_loss(logits, tokens, batch.first).view(S, -1).sum(-1)
+            hidden = final_stream(model, tokens, [(get_act_name("z", layer), partial(ablate, layer=layer))
+                                                  for layer in layers])
+            totals[first: first + S] += stream_loss(model, hidden, tokens, batch.first).view(S, -1).sum(-1)
     return totals / (n * (T - batch.first - 1))
 
 
@@ -107,7 +109,7 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
 
 @torch.no_grad()
 def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
-    """Every head ablated alone, in every mode: acc and loss on every evaluator."""
+    """Every head ablated alone, in every mode: acc, logit difference and loss on every evaluator."""
     if model.kind == "tokens":
         return token_rows(model, batches)
     engine, heads, out = Engine(model), all_heads(model.cfg), []
@@ -117,10 +119,10 @@ def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, To
         _, clean_z = engine.forward(resid)
         for mode in MODES:
             hidden, _ = engine.forward(resid, edit_z=masked_edit(masks, [replacement(z, mode) for z in clean_z]))
-            acc, ce = engine.score(hidden, batch)
-            for (layer, head), a, c in zip(heads, acc.tolist(), ce.tolist()):
+            scores = {m: v.tolist() for m, v in engine.score(hidden, batch, METRICS).items()}
+            for i, (layer, head) in enumerate(heads):
                 base = {"evaluator": ev, "layer": layer, "head": head, "component": mode}
-                out += [{**base, "metric": "acc", "value": a}, {**base, "metric": "loss", "value": c}]
+                out += [{**base, "metric": m, "value": v[i]} for m, v in scores.items()]
     return out
 
 
@@ -154,7 +156,8 @@ def headline(rows: pd.DataFrame) -> str:
     return f"largest loss increase {top.value:.3f} ({top.layer}.{top['head']}, {top.component})"
 
 
-ANALYSIS = Analysis("ablation", 1, rows, "every head ablated alone (zero, mean, resample): accuracy and loss "
+ANALYSIS = Analysis("ablation", 2, rows, "every head ablated alone (zero, mean, resample): accuracy, logit "
+                    "difference and loss "
                     "(token models: next-token loss and its change)", models=("exemplar", "tokens"),
                     headline=headline,
                     figures=("ablation", "ablation_heatmap_icl"))

@@ -73,7 +73,8 @@ def copier_sweep(model: CoopModel, batch: Batch, head: Head,
     row = clamp_row(batch, torch.tensor(list(s), dtype=stream.dtype, device=stream.device))
     z = torch.einsum("snt,ntd->snd", row, v)
     out = z @ engine.W_O[layer, h] + engine.b_out[layer]
-    return engine.score(engine.norm(engine.ln_final, out), batch)
+    scores = engine.score(engine.norm(engine.ln_final, out), batch)
+    return scores["acc"], scores["loss"]
 
 
 @torch.no_grad()
@@ -134,7 +135,8 @@ def clamp_sweep(model: CoopModel, batch: Batch, head: Head, s: Sequence[float] =
 
     values = [replacement(z, mode) for z in clean_z]
     hidden, _ = engine.forward(resid, edit_z=masked_edit(masks, values), edit_pattern=edit_pattern)
-    return engine.score(hidden, batch)
+    scores = engine.score(hidden, batch)
+    return scores["acc"], scores["loss"]
 
 
 @torch.no_grad()

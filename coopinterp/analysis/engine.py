@@ -25,7 +25,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -43,6 +43,7 @@ class HeadGrid(Protocol):
     n_heads: int
 MODES = ("zero", "mean", "resample")
 DIRECT_PATHS = ("keep", "cut", "only")
+METRICS = ("acc", "logit_diff", "loss")  # what `Engine.score` computes (see there)
 # Leading `...` dims are intervention sets; they broadcast between tensors (a clean k beside patched qs), so they
 # are not tied across arguments.
 Z = Float[Tensor, "... n pos head d_head"]
@@ -50,7 +51,7 @@ Pattern = Float[Tensor, "... n head q_pos k_pos"]
 Zs = list[Float[Tensor, "... n _pos head d_head"]]  # one Z per layer; the last layer's holds the query row only
 EditZ = Callable[[int, Z], Z]
 EditPattern = Callable[[int, Pattern], Pattern]
-ROW_BLOCK = 1 << 19  # logits per unembedding block in `Engine.score` (2 MB: stays in cache)
+ROW_BLOCK = 1 << 19  # logits per unembedding block in `full_rows` (2 MB: stays in cache)
 
 
 def parse_heads(spec: str, cfg: HeadGrid) -> list[Head]:
@@ -191,31 +192,70 @@ class Engine:
     def logits(self, hidden: Float[Tensor, "... n d_model"]) -> Float[Tensor, "... n labels"]:
         return hidden @ self.W_U + self.b_U
 
-    def score(self, hidden: Float[Tensor, "*sets n d_model"], batch: Batch) -> tuple[Float[Tensor, "*sets"],
-                                                                                     Float[Tensor, "*sets"]]:
-        """`task.accuracy` and `task.loss` of every set, unembedding a cache-sized block of rows at a time.
+    def context_logits(self, hidden: Float[Tensor, "... n d_model"], batch: Batch) -> Float[Tensor, "... n pairs"]:
+        """The logits of the labels in each sequence's context: all that in-context metrics read."""
+        return torch.einsum("...nd,npd->...np", hidden, self.W_U.T[batch.labels]) + self.b_U[batch.labels]
 
-        Hand-fused rather than `task.loss(self.logits(hidden))`: with 12,800 labels the logits of all sets
-        take GBs, and unembed + cross-entropy in blocks of ~40 rows that stay in cache runs ~2x faster
-        (measured) than per set; a test keeps both equal.
+    def score(self, hidden: Float[Tensor, "*sets n d_model"], batch: Batch,
+              metrics: Sequence[str] = ("acc", "loss")) -> dict[str, Float[Tensor, "*sets"]]:
+        """Each metric of `METRICS` asked for, averaged over the batch, for every set.
+
+        In-context accuracy and the logit difference read only the context labels' logits (`context_logits`);
+        only the loss and `iwl`'s accuracy (an argmax over every label) unembed the whole row (`full_rows`).
         """
-        lead, n = hidden.shape[:-2], hidden.shape[-2]
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        sets = flat.shape[0] // n
-        target, context = batch.target.repeat(sets), batch.labels.repeat(sets, 1)
-        correct, ce = [], []
-        for rows in torch.arange(flat.shape[0], device=flat.device).split(max(1, ROW_BLOCK // self.W_U.shape[1])):
-            logits = torch.addmm(self.b_U, flat[rows], self.W_U)
-            top, argmax = logits.max(-1, keepdim=True)
-            if batch.evaluator == "iwl":
-                pred = argmax[:, 0]
-            else:  # in-context prediction: argmax over the labels present in the context
-                pred = context[rows].gather(1, logits.gather(1, context[rows]).argmax(1, keepdim=True))[:, 0]
-            correct.append(pred == target[rows])
-            picked = logits.gather(1, target[rows, None])[:, 0]
-            ce.append(logits.sub_(top).exp_().sum(-1).log_() + top[:, 0] - picked)
-        acc = torch.cat(correct).float().reshape(*lead, n).mean(-1)
-        return acc, torch.cat(ce).reshape(*lead, n).mean(-1)
+        unknown = set(metrics) - set(METRICS)
+        if unknown:
+            raise ConfigError(f"unknown metric(s) {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
+        out: dict[str, Tensor] = {}
+        target = batch.target
+        if batch.evaluator != "iwl" and ("acc" in metrics or "logit_diff" in metrics):
+            ctx = self.context_logits(hidden, batch)
+            labels = batch.labels.expand_as(ctx)
+            if "acc" in metrics:  # argmax over the labels present in the context
+                pred = labels.gather(-1, ctx.argmax(-1, keepdim=True))[..., 0]
+                out["acc"] = (pred == target).float().mean(-1)
+            if "logit_diff" in metrics:
+                out["logit_diff"] = logit_diff(ctx, labels == target[:, None])
+        if "loss" in metrics or (batch.evaluator == "iwl" and "acc" in metrics):
+            ce, argmax = full_rows(hidden, self.W_U, self.b_U, target)
+            if "loss" in metrics:
+                out["loss"] = ce.mean(-1)
+            if batch.evaluator == "iwl" and "acc" in metrics:
+                out["acc"] = (argmax == target).float().mean(-1)
+        return {m: out[m] for m in metrics if m in out}
+
+
+def logit_diff(ctx: Float[Tensor, "... n pairs"], is_target: Bool[Tensor, "... n pairs"]) -> Float[Tensor, "..."]:
+    """Mean over sequences of the target label's logit minus the largest other context label's (sequences whose
+    context holds no other label, or not the target, are left out; NaN if none is left)."""
+    tgt = ctx.masked_fill(~is_target, float("-inf")).amax(-1)
+    other = ctx.masked_fill(is_target, float("-inf")).amax(-1)
+    diff = tgt - other
+    ok = diff.isfinite()
+    return torch.where(ok, diff, 0.0).sum(-1) / ok.sum(-1)
+
+
+def full_rows(hidden: Float[Tensor, "... d_model"], W_U: Float[Tensor, "d_model labels"],
+              b_U: Float[Tensor, " labels"], target: Int[Tensor, "..."]) -> tuple[Float[Tensor, "..."],
+                                                                                Int[Tensor, "..."]]:
+    """Cross-entropy against `target` (broadcast to the rows' leading dims) and the argmax label of every row,
+    unembedding a cache-sized block of rows at a time.
+
+    Hand-fused rather than `F.cross_entropy(hidden @ W_U + b_U)`: with 12,800 labels the logits of all sets
+    take GBs, and unembed + log-sum-exp in blocks of ~40 rows that stay in cache runs ~2x faster (measured) than
+    per set; a test keeps both equal.
+    """
+    lead = hidden.shape[:-1]
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    target = target.expand(lead).reshape(-1)
+    ce, argmax = torch.empty(len(flat), device=flat.device), torch.empty(len(flat), dtype=torch.long,
+                                                                         device=flat.device)
+    for rows in torch.arange(len(flat), device=flat.device).split(max(1, ROW_BLOCK // W_U.shape[1])):
+        logits = torch.addmm(b_U, flat[rows], W_U)
+        top, argmax[rows] = logits.max(-1)
+        picked = logits.gather(1, target[rows, None])[:, 0]
+        ce[rows] = logits.sub_(top[:, None]).exp_().sum(-1).log_() + top - picked
+    return ce.reshape(lead), argmax.reshape(lead)
 
 
 def head_masks(head_sets: Sequence[Sequence[Head]], cfg: HeadGrid) -> Bool[Tensor, "sets layer head"]:

@@ -8,7 +8,7 @@ asks.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -20,8 +20,10 @@ from ..model import CoopModel
 from ..outside import TokenModel
 from ..sources import TokenBatch
 from ..task import EVALUATORS, Batch, make_batch
+from .engine import full_rows
 
-LOGITS_BUDGET = 1 << 22  # logits per forward chunk of a token model (16 MB: 1.4x faster than 256 MB, measured)
+LOGITS_BUDGET = 1 << 22  # logits per forward chunk of a token model's clean run (16 MB: 1.4x faster than 256 MB)
+TOKENS_PER_CALL = 1 << 13  # sequences x positions per intervened forward of a token model (its activations' memory)
 
 
 def eval_batches(task: TaskConfig, n: int, seed: int, device: str = "cpu") -> dict[str, Batch]:
@@ -118,6 +120,35 @@ def token_run(model: TokenModel, batch: TokenBatch) -> TokenRun:
     if _memo is not None:
         _memo[key] = (model, batch, out)
     return out
+
+
+class _Stop(Exception):
+    """Raised by `final_stream`'s hook: nothing after the final LayerNorm is needed."""
+
+
+@torch.no_grad()
+def final_stream(model: TokenModel, tokens: Int[Tensor, "n pos"],
+                 fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "n pos d_model"]:
+    """The unembedding's input (`unembed.hook_in`, after the final LayerNorm) of a hooked forward that stops there,
+    so that a metric unembeds only the rows it reads (`engine.full_rows`), a block at a time."""
+    store = {}
+
+    def grab(x: Tensor, hook) -> None:
+        store["x"] = x
+        raise _Stop
+
+    try:
+        model.bridge.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, ("unembed.hook_in", grab)])
+    except _Stop:
+        pass
+    return store["x"]
+
+
+def stream_loss(model: TokenModel, hidden: Float[Tensor, "n pos d_model"], tokens: Int[Tensor, "n pos"],
+                first: int) -> Float[Tensor, "n scored"]:
+    """`next_token_loss` from the unembedding's input, unembedding a block of rows at a time (no full logits)."""
+    ce, _ = full_rows(hidden[:, first:-1], model.bridge.W_U, model.bridge.b_U, tokens[:, first + 1:])
+    return ce
 
 
 def next_token_loss(logits: Float[Tensor, "n pos vocab"], tokens: Int[Tensor, "n pos"],

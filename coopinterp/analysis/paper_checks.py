@@ -27,12 +27,12 @@ def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
         resid = model.residual(batch)
         scores = {f"direct_{d}": engine.score(engine.forward(resid, direct_path=d)[0], batch) for d in ("only", "cut")}
         for direct_path, suffix in (("keep", ""), ("cut", "/cut")):
-            acc, ce = path_patch(model, batch, every, every, CHECK_COMPONENTS, "zero", direct_path=direct_path)
+            patched = path_patch(model, batch, every, every, CHECK_COMPONENTS, "zero", direct_path=direct_path)
             for i, c in enumerate(CHECK_COMPONENTS):
-                scores[f"l0_zero_in_{c}{suffix}"] = (acc[i, 0, 0], ce[i, 0, 0])
-        for component, (acc, ce) in scores.items():
-            base = {"evaluator": ev, "component": component}
-            out += [{**base, "metric": "acc", "value": float(acc)}, {**base, "metric": "loss", "value": float(ce)}]
+                scores[f"l0_zero_in_{c}{suffix}"] = {m: v[i, 0, 0] for m, v in patched.items()}
+        for component, metrics in scores.items():
+            out += [{"evaluator": ev, "component": component, "metric": m, "value": float(v)}
+                    for m, v in metrics.items()]
     return out
 
 

@@ -20,6 +20,7 @@ group's, shared with the other query heads of the group. Rows: next-token `loss`
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Sequence
 
@@ -35,12 +36,19 @@ from ..outside import TokenModel
 from ..sources import TokenBatch
 from ..task import Batch
 from .engine import Engine, check_direct_path, replacement, with_direct_path
-from .forwards import LOGITS_BUDGET, next_token_loss, token_run
+from .forwards import TOKENS_PER_CALL, final_stream, stream_loss, token_run
 from .record import Analysis
 
 COMPONENTS = ("q", "k", "v")
 Mode = str | Batch  # "mean" | "zero" | "resample", or a counterfactual batch
-Scores = Float[Tensor, "component sender receiver"]
+Scores = dict[str, Float[Tensor, "component sender receiver"]]  # metric -> value
+
+
+@dataclass(frozen=True)
+class Options:
+    """What each path-patching row reports on the exemplar task (token models: always the next-token loss)."""
+
+    loss: bool = False  # also the loss over all labels (unembeds every row: ~10x the default's time on the demo)
 
 
 def check_model(model: CoopModel) -> None:
@@ -114,12 +122,12 @@ def patched_hidden(model: CoopModel, batch: Batch, senders: Sequence[Sequence[in
 
 def path_patch(model: CoopModel, batch: Batch, senders: Sequence[Sequence[int]], receivers: Sequence[Sequence[int]],
                components: Sequence[str] = COMPONENTS, mode: Mode = "mean", direct: bool = False,
-               seed: int = 0, direct_path: str = "keep") -> tuple[Scores, Scores]:
-    """Accuracy and loss for every (component, sender group, receiver group), in one batched pass."""
+               seed: int = 0, direct_path: str = "keep", metrics: Sequence[str] = ("acc", "loss")) -> Scores:
+    """`Engine.score`'s metrics for every (component, sender group, receiver group), in one batched pass."""
     engine = Engine(model)
     with torch.no_grad():
         hidden = patched_hidden(model, batch, senders, receivers, components, mode, direct, seed, engine, direct_path)
-        return engine.score(hidden, batch)
+        return engine.score(hidden, batch, metrics)
 
 
 def qkv_check(model: CoopModel, batch: Batch, mode: Mode = "zero", direct_path: str = "keep") -> dict[str, float]:
@@ -128,32 +136,35 @@ def qkv_check(model: CoopModel, batch: Batch, mode: Mode = "zero", direct_path: 
     Returns the accuracy of each, of `qkv` (all three inputs), of `ablated` (layer 0 ablated everywhere, its own
     path to the unembedding included) and of `clean` (no ablation), all with the same `direct_path`.
     """
-    every = [list(range(model.cfg.n_heads))]
-    acc, _ = path_patch(model, batch, every, every, [*COMPONENTS, "qkv"], mode, direct_path=direct_path)
-    (ablated,), _ = path_patch(model, batch, every, every, ["qkv"], mode, direct=True, direct_path=direct_path)
+    every, acc = [list(range(model.cfg.n_heads))], ["acc"]
+    patched = path_patch(model, batch, every, every, [*COMPONENTS, "qkv"], mode, direct_path=direct_path,
+                         metrics=acc)["acc"]
+    ablated = path_patch(model, batch, every, every, ["qkv"], mode, direct=True, direct_path=direct_path,
+                         metrics=acc)["acc"]
     engine = Engine(model)
     with torch.no_grad():
-        clean, _ = engine.score(engine.forward(model.residual(batch), direct_path=direct_path)[0], batch)
-    return {"clean": clean.item(), **{c: a.item() for c, a in zip([*COMPONENTS, "qkv"], acc[:, 0, 0])},
+        clean = engine.score(engine.forward(model.residual(batch), direct_path=direct_path)[0], batch, acc)["acc"]
+    return {"clean": clean.item(), **{c: a.item() for c, a in zip([*COMPONENTS, "qkv"], patched[:, 0, 0])},
             "ablated": ablated.item()}
 
 
 @torch.no_grad()
-def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
-    """Each layer-0 head, and all, -> each layer-1 head, and all, through q, k and v (mean patching)."""
+def rows(model: CoopModel, batches: dict[str, Batch], options: Options = Options()) -> list[dict]:
+    """Each layer-0 head, and all, -> each layer-1 head, and all, through q, k and v (mean patching): accuracy
+    and logit difference (the loss too with `options.loss`)."""
     H = model.cfg.n_heads
     groups = [[h] for h in range(H)] + [list(range(H))]
     names = list(range(H)) + [None]  # None: all heads (NA in the table)
+    metrics = ["acc", "logit_diff"] + ["loss"] * options.loss
     out = []
     for ev, batch in batches.items():
-        acc, ce = path_patch(model, batch, groups, groups, COMPONENTS, "mean")
+        scores = path_patch(model, batch, groups, groups, COMPONENTS, "mean", metrics=metrics)
         for c, comp in enumerate(COMPONENTS):
             for s, src in enumerate(names):
                 for r, dst in enumerate(names):
                     base = {"evaluator": ev, "layer": 1, "head": dst, "src_layer": 0, "src_head": src,
                             "component": comp}
-                    out += [{**base, "metric": "acc", "value": acc[c, s, r].item()},
-                            {**base, "metric": "loss", "value": ce[c, s, r].item()}]
+                    out += [{**base, "metric": m, "value": v[c, s, r].item()} for m, v in scores.items()]
     return out
 
 
@@ -230,9 +241,9 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
 def swapped_loss(model: TokenModel, batch: TokenBatch, layer: int, sets: list[tuple[str, int]],
                  patched: dict[str, Tensor]) -> Float[Tensor, " sets"]:
     """Mean next-token loss of each set (component, receiver head): the clean run with that head's q, k or v at
-    `layer` taken from `patched`, the sets folded into the batch (in chunks that bound the logits' memory)."""
+    `layer` taken from `patched`, the sets folded into the batch (in chunks that bound the activations' memory)."""
     n, T = batch.tokens.shape
-    per_call = max(1, LOGITS_BUDGET // (n * T * model.cfg.d_vocab))
+    per_call = max(1, TOKENS_PER_CALL // (n * T))
     totals = []
     for first in range(0, len(sets), per_call):
         group = sets[first: first + per_call]
@@ -248,9 +259,9 @@ def swapped_loss(model: TokenModel, batch: TokenBatch, layer: int, sets: list[tu
             return x.flatten(0, 1)
 
         tokens = batch.tokens.repeat(S, 1)
-        logits = model.bridge.run_with_hooks(
-            tokens, fwd_hooks=[(get_act_name(c, layer), partial(swap, c=c)) for c in {c for c, _ in group}])
-        totals.append(next_token_loss(logits, tokens, batch.first).view(S, -1).mean(-1))
+        hidden = final_stream(model, tokens, [(get_act_name(c, layer), partial(swap, c=c))
+                                              for c in {c for c, _ in group}])
+        totals.append(stream_loss(model, hidden, tokens, batch.first).view(S, -1).mean(-1))
     return torch.cat(totals)
 
 
@@ -263,11 +274,12 @@ def headline(rows: pd.DataFrame) -> str:
             f"through {top.component})")
 
 
-def rows_any(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
-    return token_rows(model, batches) if model.kind == "tokens" else rows(model, batches)
+def rows_any(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch],
+             options: Options) -> list[dict]:
+    return token_rows(model, batches) if model.kind == "tokens" else rows(model, batches, options)
 
 
-ANALYSIS = Analysis("path_patching", 1, rows_any, "each layer-0 head (or all) patched into each layer-1 head's q, k "
-                    "or v (token models: every head into every later head)", models=("exemplar", "tokens"),
-                    headline=headline,
+ANALYSIS = Analysis("path_patching", 2, rows_any, "each layer-0 head (or all) patched into each layer-1 head's q, k "
+                    "or v: accuracy and logit difference (token models: every head into every later head, "
+                    "next-token loss)", models=("exemplar", "tokens"), options=Options, headline=headline,
                     figures=("path_patching", "path_patching_icl"))

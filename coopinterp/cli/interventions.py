@@ -68,7 +68,7 @@ def ablate_cmd(
     from ..runs import open_run
 
     check_mode(mode)
-    if open_run(run_dir, pattern=pattern).kind == "tokens":
+    if open_run(run_dir, pattern=pattern).kind != "exemplar":
         return _ablate_tokens(run_dir, heads, step, mode, n, seed, source, pattern)
     run, step, model, batches = _load(run_dir, step, n, seed)
     chosen = parse_heads(heads, run.config.model)
@@ -76,7 +76,7 @@ def ablate_cmd(
     table = _table(f"{run.name} step {step}: heads {heads} ablated ({mode})",
                    ["evaluator", "acc", "acc ablated", "loss", "loss ablated"])
     for ev, batch in batches.items():
-        acc, ce = engine.score(ablated_hidden(model, batch, [[], chosen], mode, seed, engine), batch)
+        acc, ce = engine.score(ablated_hidden(model, batch, [[], chosen], mode, seed, engine), batch).values()
         table.add_row(ev, f"{acc[0]:.3f}", f"{acc[1]:.3f}", f"{ce[0]:.3f}", f"{ce[1]:.3f}")
     console.print(table)
 
@@ -131,8 +131,8 @@ def patch_cmd(
     table = _table(f"{run.name} step {step}: layer-0 {senders} -> layer-1 {receivers} ({mode}), accuracy",
                    ["evaluator", "clean", *(f"via {c}" for c in COMPONENTS), "via qkv", "ablated"])
     for ev, batch in batches.items():
-        acc, _ = path_patch(model, batch, [[]] + send, recv, [*COMPONENTS, "qkv"], mode, seed=seed)
-        (ablated,), _ = path_patch(model, batch, send, recv, ["qkv"], mode, direct=True, seed=seed)
+        acc = path_patch(model, batch, [[]] + send, recv, [*COMPONENTS, "qkv"], mode, seed=seed, metrics=["acc"])["acc"]
+        ablated = path_patch(model, batch, send, recv, ["qkv"], mode, direct=True, seed=seed, metrics=["acc"])["acc"]
         table.add_row(ev, f"{acc[0, 0, 0]:.3f}", *(f"{a:.3f}" for a in acc[:, 1, 0]), f"{ablated.item():.3f}")
     console.print(table)
     console.print("clean: no patch; via c: the senders patched into the receivers' c input only; "
