@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import pandas as pd
 import torch
@@ -25,6 +26,14 @@ from .tables import atomic_path, read_table
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{9})\.safetensors$")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+
+
+@runtime_checkable
+class Saved(Protocol):
+    """A model whose weights a checkpoint holds (CoopModel, markov_model.MarkovModel)."""
+
+    def weights(self) -> dict[str, torch.Tensor]: ...
+    def load_weights(self, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None: ...
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -68,7 +77,7 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
 
 
-def save_checkpoint(run_dir: Path, model: CoopModel, step: int, seqs_seen: int, dtype: str) -> Path:
+def save_checkpoint(run_dir: Path, model: Saved, step: int, seqs_seen: int, dtype: str) -> Path:
     path = checkpoint_path(run_dir, step)
     weights = {k: v.to(getattr(torch, dtype)).cpu() for k, v in model.weights().items()}
     save_tensors(path, weights, {"step": str(step), "seqs_seen": str(seqs_seen), "format": "coopinterp"})
@@ -206,6 +215,10 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     steps = list_checkpoints(run_dir)
     if not steps:
         raise CheckpointError(f"run {run_dir} has no checkpoints under checkpoints/")
+    if config.task.kind == "markov":
+        from .markov_model import MarkovRun  # a subclass of Run, so imported here
+
+        return MarkovRun(run_dir, config, steps, device=device)
     return Run(run_dir, config, steps, device=device)
 
 
@@ -218,7 +231,7 @@ class ResumeState:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def save(self, step: int, model: CoopModel, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
+    def save(self, step: int, model: Saved, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
         tensors = {f"model.{k}": v.float().cpu() for k, v in model.weights().items()}
         for i, p in enumerate(opt.param_groups[0]["params"]):
             for key, value in opt.state.get(p, {}).items():
@@ -226,7 +239,7 @@ class ResumeState:
         tensors["rng"] = gen.get_state().cpu()
         save_tensors(self.path, tensors, {"step": str(step)})
 
-    def load(self, model: CoopModel, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
+    def load(self, model: Saved, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
         tensors, meta = load_tensors(self.path)
         model.load_weights({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source=str(self.path))
         for i, p in enumerate(opt.param_groups[0]["params"]):

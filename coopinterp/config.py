@@ -16,6 +16,9 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+TASK_KINDS = ("exemplar", "markov")
+
+
 @dataclass(frozen=True)
 class TaskConfig:
     """The synthetic exemplar-label task (docs/reference.md, "The task")."""
@@ -34,7 +37,14 @@ class TaskConfig:
     p_bursty: float = 1.0  # with N > 2: share of sequences that hold the query's class
     zipf_alpha: float = 0.0  # 0: uniform classes; > 0: class rank r drawn with p ~ r^-alpha
     match_query: bool = False  # persistent-ICL intervention on the training distribution
-    seed: int = 0  # seeds the exemplar bank
+    seed: int = 0  # seeds the exemplar bank (the Markov task: its chains)
+    # kind "markov": the Markov-chain task instead (markov.py, docs/reference.md "Markov chains"); the fields above
+    # but `seed` then go unused
+    kind: str = "exemplar"
+    n_chains: int = 64  # K: the training mixture's chains
+    n_states: int = 10  # V: states (tokens)
+    markov_len: int = 128  # T: tokens per sequence
+    dirichlet_alpha: float = 1.0  # every transition row ~ Dirichlet(alpha)
 
     @property
     def labels(self) -> int:
@@ -46,9 +56,15 @@ class TaskConfig:
 
     @property
     def seq_len(self) -> int:
-        return 2 * self.context_pairs + 1
+        return self.markov_len if self.kind == "markov" else 2 * self.context_pairs + 1
 
     def validate(self) -> None:
+        _check(self.kind in TASK_KINDS, f"task kind must be one of {TASK_KINDS}, got {self.kind!r}")
+        _check(self.n_chains >= 1, f"n_chains must be >= 1, got {self.n_chains}")
+        _check(self.n_states >= 2, f"n_states must be >= 2, got {self.n_states}")
+        _check(self.markov_len >= 2, f"markov_len must be >= 2, got {self.markov_len}")
+        _check(self.dirichlet_alpha > 0 and math.isfinite(self.dirichlet_alpha),
+               f"dirichlet_alpha must be finite and > 0, got {self.dirichlet_alpha}")
         L = self.labels
         _check(self.n_classes >= 3, f"n_classes must be >= 3, got {self.n_classes}")
         _check(3 <= L <= self.n_classes, f"n_labels must be in [3, n_classes], got {L}")
@@ -251,6 +267,21 @@ PRESETS: dict[str, RunConfig] = {
         model=ModelConfig(n_layers=2, n_heads=4, d_model=32, d_head=8),
         train=TrainConfig(steps=300, batch_size=32, lr=3e-3, n_checkpoints=6, eval_every=50, eval_n=256),
         name="tiny",
+    ),
+    # The Markov-chain task (Park et al. 2024, scaled to a CPU; docs/reference.md "Markov chains"): K chains of S
+    # over V states, the four algorithms' competition (analysis `strategy`) in minutes on one core.
+    "markov": RunConfig(
+        task=TaskConfig(kind="markov", n_chains=16, n_states=5, markov_len=64),
+        model=ModelConfig(n_layers=2, n_heads=2, d_model=32, d_head=16),
+        train=TrainConfig(steps=4_000, batch_size=32, lr=3e-3, n_checkpoints=12, eval_every=100, eval_n=256),
+        name="markov",
+    ),
+    # The Markov task in seconds; for tests and CI.
+    "markov-tiny": RunConfig(
+        task=TaskConfig(kind="markov", n_chains=4, n_states=3, markov_len=16),
+        model=ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8),
+        train=TrainConfig(steps=60, batch_size=16, lr=3e-3, n_checkpoints=4, eval_every=20, eval_n=32),
+        name="markov-tiny",
     ),
 }
 

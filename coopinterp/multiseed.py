@@ -26,6 +26,7 @@ from .config import RunConfig
 from .errors import ConfigError
 from .model import CoopModel
 from .task import Batch, accuracy, loss, sample_train
+from .markov_model import MarkovSeeds
 from .training import Results, forget_generator, resolve_device, run_loop
 
 EVAL_FLOATS = 2**25  # evaluate seeds in chunks whose logits stay under ~128 MB
@@ -227,6 +228,7 @@ def train_seeds(config: RunConfig, seeds: list[int], out_dir: str | Path, progre
     starts = {s: ResumeState(seed_dir(out, s)).step() for s in seeds}
     for start in sorted(set(starts.values())):
         group = [s for s in seeds if starts[s] == start]
-        run_loop(SeedStack(config, group, device), config, [seed_dir(out, s) for s in group], start, progress,
+        learner = (MarkovSeeds if config.task.kind == "markov" else SeedStack)(config, group, device)
+        run_loop(learner, config, [seed_dir(out, s) for s in group], start, progress,
                  f"train {config.name} x{len(group)} seeds")
     return [load_run(seed_dir(out, s)) for s in seeds]

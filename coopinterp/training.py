@@ -28,6 +28,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .checkpoints import ResumeState, Run, load_run, prepare_run_dir, save_checkpoint
 from .config import RunConfig
+from .markov import MarkovBatch
+from .markov_model import MarkovSeeds, training_batches
 from .errors import CoopError
 from .model import CoopModel
 from .tables import concat, read_table, table, write_table
@@ -63,8 +65,11 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def eval_batches(config: RunConfig, device: str) -> dict[str, Batch]:
-    """Fixed evaluation batches (train classes, and holdout classes when the task has them)."""
+def eval_batches(config: RunConfig, device: str) -> dict[str, Batch] | dict[str, MarkovBatch]:
+    """Fixed evaluation batches (train classes, and holdout classes when the task has them; the Markov task: its
+    in- and out-of-distribution sequences)."""
+    if config.task.kind == "markov":
+        return training_batches(config, device)
     task, n = config.task, config.train.eval_n
     batches = {ev: make_batch(task, ev, n, seed=EVAL_SEED + i, device=device) for i, ev in enumerate(EVALUATORS)}
     if task.holdout_classes:
@@ -187,9 +192,13 @@ class Reporter:
         self.bar.update(self.task, completed=step)
 
     def evaluated(self, step: int, results: list[Results]) -> None:
-        mean = {ev: sum(r[ev]["acc"] for r in results) / len(results) for ev in ("icl", "ciwl", "flip")}
-        train_loss = sum(r["train"]["loss"] for r in results) / len(results)
-        stats = f"loss {train_loss:.3f}  " + "  ".join(f"{ev} {v:.2f}" for ev, v in mean.items())
+        if "train" in results[0]:
+            mean = {ev: sum(r[ev]["acc"] for r in results) / len(results) for ev in ("icl", "ciwl", "flip")}
+            train_loss = sum(r["train"]["loss"] for r in results) / len(results)
+            stats = f"loss {train_loss:.3f}  " + "  ".join(f"{ev} {v:.2f}" for ev, v in mean.items())
+        else:  # the Markov task logs a loss per evaluator
+            stats = "  ".join(f"{ev} loss {sum(r[ev]['loss'] for r in results) / len(results):.3f}"
+                              for ev in results[0])
         stats = stats if len(results) == 1 else f"mean over {len(results)} seeds: {stats}"
         self.bar.update(self.task, completed=step, stats=stats)
         now = time.monotonic()
@@ -272,6 +281,7 @@ def train(config: RunConfig, out_dir: str | Path, progress: bool = True, device:
     device = resolve_device(device)
     out = Path(out_dir)
     prepare_run_dir(config, out)
-    learner = SingleSeed(config, device)
+    learner = MarkovSeeds(config, [config.train.seed], device) if config.task.kind == "markov" \
+        else SingleSeed(config, device)
     run_loop(learner, config, [out], ResumeState(out).step(), progress, f"train {config.name}")
     return load_run(out)

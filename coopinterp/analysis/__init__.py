@@ -60,7 +60,7 @@ ORDER = ("behavior", "attention", "composition", "ablation", "path_patching", "c
 
 def default_analyses(kind: str = "exemplar") -> list[str]:
     """What analyze() runs when not told: every analysis for this kind of model but the opt-in ones."""
-    return [name for name, a in registry().items() if not a.opt_in and kind in a.models]
+    return [name for name, a in registry().items() if not a.opt_in and a.applies(kind)]
 
 
 def _names(analyses: str | Sequence[str] | None, kind: str) -> list[str]:
@@ -72,7 +72,7 @@ def _names(analyses: str | Sequence[str] | None, kind: str) -> list[str]:
     if unknown or not names:
         raise ConfigError(f"unknown analysis {', '.join(map(repr, unknown)) or '(none given)'}; "
                           f"choose from {', '.join(known)}")
-    wrong = [a for a in names if kind not in known[a].models]
+    wrong = [a for a in names if not known[a].applies(kind)]
     if wrong:
         raise ConfigError(f"analysis {', '.join(wrong)} does not apply to this run's {kind} model; "
                           f"choose from {', '.join(default_analyses(kind))}")

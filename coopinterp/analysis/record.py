@@ -20,7 +20,9 @@ import pandas as pd
 
 from ..errors import ConfigError
 
-ModelKind = Literal["exemplar", "tokens"]  # the built-in exemplar model, or any token model (outside runs)
+# the built-in exemplar model, any token model (outside runs), or the Markov task's token model: a "markov" run
+# gets the token-model analyses and its own
+ModelKind = Literal["exemplar", "tokens", "markov"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class Analysis:
     models: tuple[ModelKind, ...] = ("exemplar",)
     figures: tuple[str, ...] = ()  # figures drawn from its rows (coopinterp.plots)
     headline: Callable[[pd.DataFrame], str] | None = None  # its rows at one step -> a short summary
+
+    def applies(self, kind: ModelKind) -> bool:
+        """Whether it runs on a run of this kind (a Markov run's model is a token model)."""
+        return kind in self.models or (kind == "markov" and "tokens" in self.models)
 
     def parse(self, given: dict[str, Any] | None) -> dict[str, Any] | None:
         """Checked options with defaults filled in (a dict, as the cache key stores them); None without settings."""

@@ -39,7 +39,7 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int, progre
             metrics = run.metrics
         except CheckpointError:
             metrics = None
-        config = run.config.to_dict() if run.kind == "exemplar" else {"config.json (first checkpoint)": run.config}
+        config = run.config.to_dict() if run.kind != "tokens" else {"config.json (first checkpoint)": run.config}
         return table, metrics, config, run.name
     if source.suffix in (".parquet", ".csv"):
         if analyses:
@@ -63,7 +63,7 @@ def analyze_run(run, names: Optional[list[str]], n: int, seed: int, progress: bo
     if damaged:
         tables.append(analyze(run, names, steps=list(damaged), n=n, seed=seed, progress=False, cached_only=True,
                               source=source))
-    opt_in = [name for name, a in registry().items() if a.opt_in and run.kind in a.models]
+    opt_in = [name for name, a in registry().items() if a.opt_in and a.applies(run.kind)]
     if names is None and opt_in:
         tables.append(analyze(run, opt_in, n=n, seed=seed, progress=False, cached_only=True, source=source))
     table = concat(tables).sort_values("step", kind="stable", ignore_index=True)
