@@ -1,5 +1,5 @@
-"""Golden values: every analysis's rows on a fixed tiny checkpoint (the `tiny` preset's last step) and on the
-planted GPT-2 of test_outside.py, against tests/golden.json.
+"""Golden values: every analysis's rows on a fixed tiny checkpoint (the `tiny` preset's last step), on the
+planted GPT-2 of test_outside.py and on the `markov-tiny` preset's last step, against tests/golden.json.
 
 The analysis cache trusts an analysis's declared version: a change to its rows under the same version would serve
 stale tables. This test fails then, naming the analysis to bump. After a deliberate change (version bumped), write
@@ -26,7 +26,7 @@ KEYS = ["metric", "evaluator", "layer", "head", "src_layer", "src_head", "compon
 def rows_of(run, step: int, cache_dir: Path) -> dict[str, dict]:
     out = {}
     for name, record in an.registry().items():
-        if run.kind not in record.models:
+        if not record.applies(run.kind):
             continue
         df = an.analyze(run, [name], steps=[step], n=N, seed=SEED, progress=False, cache_dir=cache_dir,
                         options={name: OPTIONS[name]} if name in OPTIONS else None, recompute=True)
@@ -36,11 +36,12 @@ def rows_of(run, step: int, cache_dir: Path) -> dict[str, dict]:
     return out
 
 
-def current(tiny_run_path: Path, planted_path: Path, cache_dir: Path) -> dict:
-    tiny = ci.load_run(tiny_run_path)
+def current(tiny_run_path: Path, planted_path: Path, markov_path: Path, cache_dir: Path) -> dict:
+    tiny, markov = ci.load_run(tiny_run_path), ci.load_run(markov_path)
     planted = open_run(planted_path)
     return {"tiny": rows_of(tiny, tiny.steps[-1], cache_dir / "tiny"),
-            "planted_gpt2": rows_of(planted, planted.steps[-1], cache_dir / "planted")}
+            "planted_gpt2": rows_of(planted, planted.steps[-1], cache_dir / "planted"),
+            "markov_tiny": rows_of(markov, markov.steps[-1], cache_dir / "markov")}
 
 
 def check(got: dict, want: dict) -> list[str]:
@@ -73,9 +74,15 @@ def planted_path(tmp_path_factory):
     return root
 
 
-def test_every_analysis_matches_its_golden_values(tiny_run, planted_path, tmp_path):
+@pytest.fixture(scope="module")
+def markov_path(tmp_path_factory):
+    return ci.train(ci.preset("markov-tiny"), tmp_path_factory.mktemp("golden_markov") / "run", progress=False,
+                    device="cpu").path
+
+
+def test_every_analysis_matches_its_golden_values(tiny_run, planted_path, markov_path, tmp_path):
     want = json.loads(GOLDEN.read_text())
-    problems = check(current(tiny_run.path, planted_path, tmp_path), want)
+    problems = check(current(tiny_run.path, planted_path, markov_path, tmp_path), want)
     assert not problems, "\n".join(problems)
 
 
@@ -101,7 +108,8 @@ if __name__ == "__main__":  # write tests/golden.json from the current code
         tmp = Path(tmp)
         tiny = ci.train(ci.preset("tiny"), tmp / "tiny", progress=False, device="cpu")
         _save(planted_gpt2(), tmp / "planted" / "step100")
-        values = current(tiny.path, tmp / "planted", tmp / "cache")
+        markov = ci.train(ci.preset("markov-tiny"), tmp / "markov", progress=False, device="cpu")
+        values = current(tiny.path, tmp / "planted", markov.path, tmp / "cache")
     GOLDEN.write_text(json.dumps(values, indent=0, default=str) + "\n")
     print(f"wrote {GOLDEN}: " + ", ".join(f"{m}/{n} {len(e['rows'])} rows" for m, v in values.items()
                                           for n, e in v.items()))

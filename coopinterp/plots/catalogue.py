@@ -16,6 +16,7 @@ from .llc import llc_figure
 from .marks import Phase, phases
 from .matrices import composition_figure, path_patching_figure
 from .rows import MissingAnalysis, check_x
+from .strategy import strategy_weights_figure
 from .tokens import is_token_table, token_ablation_heatmap, token_loss_figure, token_path_patching_figure
 
 INDUCTION_CAPTIONS = {
@@ -94,6 +95,8 @@ def token_makers(table: pd.DataFrame, x: str) -> dict[str, Callable[[], go.Figur
         "composition": lambda: composition_figure(table, marks=[]),
         "path_patching": lambda: token_path_patching_figure(table),
     })
+    if (table.analysis == "strategy").any():  # a Markov-task run
+        makers["strategy_weights"] = lambda: strategy_weights_figure(table, x=x)
     return makers
 
 
