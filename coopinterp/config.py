@@ -32,6 +32,10 @@ class TaskConfig:
     # by `family_delta`, so the full K-way map is hard to memorise while two-way choices stay easy. 1: none.
     family_size: int = 1
     family_delta: float = 0.15
+    # Levers on the query's direct path (docs/direct_path_search.md); at their defaults they draw nothing.
+    shared_mean: float = 0.0  # a component common to every exemplar, in units of the class part (ResNet-like mean)
+    p_same_family: float = 0.0  # chance that a training sequence's distractor class is from the query's family
+    p_same_family_from: int = 0  # the training step from which p_same_family applies (0 before; e.g. after ICL forms)
     context_pairs: int = 2
     holdout_classes: int = 0  # the last H classes never appear in training
     p_bursty: float = 1.0  # with N > 2: share of sequences that hold the query's class
@@ -76,6 +80,14 @@ class TaskConfig:
                f"family_size must be >= 1 and divide n_classes ({self.n_classes}), got {self.family_size}")
         _check(self.family_delta > 0 and math.isfinite(self.family_delta),
                f"family_delta must be finite and > 0, got {self.family_delta}")
+        _check(self.shared_mean >= 0 and math.isfinite(self.shared_mean),
+               f"shared_mean must be finite and >= 0, got {self.shared_mean}")
+        _check(0.0 <= self.p_same_family <= 1.0, f"p_same_family must be in [0, 1], got {self.p_same_family}")
+        _check(self.p_same_family_from >= 0, f"p_same_family_from must be >= 0, got {self.p_same_family_from}")
+        if self.p_same_family > 0:  # family mates must be training classes with labels of their own
+            _check(self.family_size > 1 and L >= self.family_size and self.holdout_classes % self.family_size == 0,
+                   "p_same_family > 0 needs family_size > 1, n_labels >= family_size and holdout_classes a "
+                   "multiple of family_size")
         _check(self.context_pairs >= 2, f"context_pairs must be >= 2, got {self.context_pairs}")
         _check(self.holdout_classes == 0 or 3 <= self.holdout_classes <= self.n_classes - 3,
                f"holdout_classes must be 0 or in [3, n_classes - 3], got {self.holdout_classes}")

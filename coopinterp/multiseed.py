@@ -164,14 +164,15 @@ class SeedStack:
             for value in self.opt.state.get(self.w[name], {}).values():
                 value.zero_()
 
-    def sample(self) -> tuple[Float[Tensor, "S n pairs_plus_1 dim"], Int[Tensor, "S n pairs"], Int[Tensor, "S n"]]:
-        """One training batch per seed, each from its own generator (the single-seed stream)."""
-        batches = [sample_train(self.config.task, self.config.train.batch_size, g) for g in self.gens]
+    def sample(self, step: int | None = None) -> tuple[Float[Tensor, "S n pairs_plus_1 dim"], Int[Tensor, "S n pairs"],
+                                                     Int[Tensor, "S n"]]:
+        """One training batch per seed at `step`, each from its own generator (the single-seed stream)."""
+        batches = [sample_train(self.config.task, self.config.train.batch_size, g, step) for g in self.gens]
         return tuple(torch.stack([getattr(b, f) for b in batches]) for f in ("exemplars", "labels", "target"))
 
-    def train_step(self) -> None:
+    def train_step(self, step: int | None = None) -> None:
         """One Adam step of every seed on its own training batch."""
-        self.step_on(*self.sample())
+        self.step_on(*self.sample(step))
 
     def step_on(self, exemplars: Float[Tensor, "S n pairs_plus_1 dim"], labels: Int[Tensor, "S n pairs"],
                 target: Int[Tensor, "S n"]) -> None:

@@ -45,24 +45,28 @@ class Batch:
 
 
 @functools.lru_cache(maxsize=4)
-def _bank(n_classes: int, per_class: int, dim: int, eps: float, family_size: int, family_delta: float, seed: int,
-          device: str) -> Float[Tensor, "K E D"]:
+def _bank(n_classes: int, per_class: int, dim: int, eps: float, family_size: int, family_delta: float,
+          shared_mean: float, seed: int, device: str) -> Float[Tensor, "K E D"]:
     g = torch.Generator().manual_seed(seed)
     prototypes = torch.randn(n_classes, 1, dim, generator=g)
     noise = torch.randn(n_classes, per_class, dim, generator=g)
     if family_size > 1:  # drawn after the rest, so a task without families keeps its old bank
         family = torch.randn(n_classes // family_size, 1, dim, generator=g).repeat_interleave(family_size, 0)
         prototypes = (family + family_delta * prototypes) / math.sqrt(1 + family_delta**2)
-    return ((prototypes + eps * noise) / math.sqrt(1 + eps**2)).to(device)
+    bank = (prototypes + eps * noise) / math.sqrt(1 + eps**2)
+    if shared_mean > 0:  # drawn last, so a task without it keeps its old bank
+        bank = bank + shared_mean * torch.randn(dim, generator=g)
+    return bank.to(device)
 
 
 def exemplar_bank(task: TaskConfig, device: torch.device | str = "cpu") -> Float[Tensor, "K E D"]:
-    """K classes x E exemplars, coordinates ~N(0, 1): e_kj = (mu_k + eps*eta_kj) / sqrt(1 + eps^2).
+    """K classes x E exemplars: e_kj = (mu_k + eps*eta_kj) / sqrt(1 + eps^2) + s*c, class part coordinates ~N(0, 1).
 
     With families of F classes, mu_k = (m_f + delta*u_k) / sqrt(1 + delta^2) for class k in family f = k // F.
+    c ~ N(0, I) is one vector common to every exemplar, s = `shared_mean` (0: none).
     """
     return _bank(task.n_classes, task.exemplars_per_class, task.dim, task.eps, task.family_size, task.family_delta,
-                 task.seed, str(torch.device(device)))
+                 task.shared_mean, task.seed, str(torch.device(device)))
 
 
 class _Sampler:
@@ -99,12 +103,18 @@ class _Sampler:
             c = torch.where(clash, self.classes(), c)
         raise ConfigError("could not sample context classes with distinct labels; use more labels or classes")
 
+    def family_mates(self, c: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+        """Another class of the same family as each class in c (uniform over the other F - 1)."""
+        F_ = self.task.family_size
+        return c - c % F_ + (c % F_ + 1 + self.ints(F_ - 1)) % F_
+
     def other_exemplar(self, j: Tensor) -> Tensor:
         """An exemplar index different from j."""
         return (j + 1 + self.ints(self.task.exemplars_per_class - 1, tuple(j.shape))) % self.task.exemplars_per_class
 
 
-def _sample(task: TaskConfig, evaluator: str, n: int, gen: torch.Generator, holdout: bool) -> Batch:
+def _sample(task: TaskConfig, evaluator: str, n: int, gen: torch.Generator, holdout: bool,
+            step: int | None = None) -> Batch:
     if evaluator not in EVALUATORS:
         raise ConfigError(f"unknown evaluator {evaluator!r}; choose from {', '.join(EVALUATORS)}")
     s = _Sampler(task, n, gen, holdout)
@@ -125,6 +135,11 @@ def _sample(task: TaskConfig, evaluator: str, n: int, gen: torch.Generator, hold
     else:
         class_a = query_class
         class_b = s.classes_avoiding(query_class)
+        if evaluator == "train" and task.p_same_family > 0:  # distractor from the query's own family
+            mate = torch.rand(n, generator=gen, device=dev) < task.p_same_family
+            if step is not None and step < task.p_same_family_from:  # not yet; same draws, so the stream stays aligned
+                mate.zero_()
+            class_b = torch.where(mate, s.family_mates(query_class), class_b)
     ctx_class = torch.where(is_first, class_a[:, None], class_b[:, None])
     j_ctx = s.ints(E, (n, N))
     if evaluator not in ("ciwl", "iwl"):  # same-class context exemplars differ from the query
@@ -181,9 +196,10 @@ def make_batch(task: TaskConfig, evaluator: str, n: int = 512, seed: int = 0, ho
     return _sample(task, evaluator, n, gen, holdout)
 
 
-def sample_train(task: TaskConfig, n: int, gen: torch.Generator) -> Batch:
-    """The training distribution, drawn from the training stream's generator."""
-    return _sample(task, "train", n, gen, holdout=False)
+def sample_train(task: TaskConfig, n: int, gen: torch.Generator, step: int | None = None) -> Batch:
+    """The training distribution at optimizer step `step` (None: its final form, after `p_same_family_from`),
+    drawn from the training stream's generator."""
+    return _sample(task, "train", n, gen, holdout=False, step=step)
 
 
 def predictions(logits: Float[Tensor, "... n labels"], batch: Batch) -> Int[Tensor, "... n"]:

@@ -123,7 +123,7 @@ class Learner(Protocol):
     def save_checkpoint(self, j: int, run_dir: Path, step: int) -> None: ...
     def evaluate(self, batches: dict[str, Batch]) -> list[Results]: ...
     def forget(self, step: int) -> None: ...
-    def train_step(self) -> None: ...
+    def train_step(self, step: int | None = None) -> None: ...
 
 
 class SingleSeed:
@@ -160,8 +160,8 @@ class SingleSeed:
             for value in self.opt.state.get(param, {}).values():
                 value.zero_()
 
-    def train_step(self) -> None:
-        batch = sample_train(self.config.task, self.config.train.batch_size, self.gen)
+    def train_step(self, step: int | None = None) -> None:
+        batch = sample_train(self.config.task, self.config.train.batch_size, self.gen, step)
         train_loss = F.cross_entropy(self.model.fast_logits(batch.exemplars, batch.labels), batch.target)
         self.opt.zero_grad(set_to_none=True)
         train_loss.backward()
@@ -269,7 +269,7 @@ def run_loop(learner: Learner, config: RunConfig, dirs: list[Path], start: int, 
                 break
             if forget_now(config, step):
                 learner.forget(step)
-            learner.train_step()
+            learner.train_step(step)
             step += 1
             if step % 100 == 0:
                 report.advance(step)

@@ -89,11 +89,11 @@ def test_sigint_anywhere_resumes_to_the_straight_run(point, cfg, straight, tmp_p
 def test_a_second_sigint_stops_at_once_and_the_run_still_resumes(cfg, straight, tmp_path, monkeypatch):
     real = training.SingleSeed.train_step
 
-    def twice(self):
+    def twice(self, step=None):
         if self.opt.state and int(next(iter(self.opt.state.values()))["step"]) == 70:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
-        real(self)
+        real(self, step)
     monkeypatch.setattr(training.SingleSeed, "train_step", twice)
     with pytest.raises(KeyboardInterrupt):
         ci.train(cfg, tmp_path / "split", progress=False, device="cpu")

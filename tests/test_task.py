@@ -1,10 +1,11 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 
 import coopinterp as ci
-from coopinterp.task import accuracy, exemplar_bank, loss
+from coopinterp.task import accuracy, exemplar_bank, loss, sample_train
 
 TASK = ci.TaskConfig(n_classes=96, n_labels=24, exemplars_per_class=6, dim=8, eps=0.4)
 
@@ -148,3 +149,82 @@ def test_accuracy_and_loss_restrict_to_context_labels():
     assert loss(logits, b).item() > 40
     stacked = torch.stack([logits, -logits])
     assert accuracy(stacked, b).shape == (2,)
+
+
+FAMILIES = ci.TaskConfig(n_classes=96, n_labels=24, exemplars_per_class=6, dim=8, eps=0.4, family_size=4)
+
+
+def test_direct_path_levers_at_defaults_draw_nothing():
+    # Fingerprints of the bank, one batch per evaluator and the training stream, taken before the levers existed.
+    assert round(float(exemplar_bank(FAMILIES).double().sum()), 4) == 142.5367
+    before = {"train": (43.8715, 1425), "icl": (43.8715, 1397), "ciwl": (86.9589, 1526), "flip": (43.8715, 1425),
+              "iwl": (86.9589, 1559)}
+    for ev, (exemplar_sum, label_sum) in before.items():
+        b = batch(ev, n=64, seed=3, task=FAMILIES)
+        assert (round(float(b.exemplars.double().sum()), 4), int(b.labels.sum())) == (exemplar_sum, label_sum), ev
+    g = torch.Generator().manual_seed(5)
+    sample_train(FAMILIES, 64, g)
+    assert int(torch.randint(10**6, (1,), generator=g)) == 404783  # the stream drew nothing extra
+
+
+def test_shared_mean_adds_one_vector_to_every_exemplar():
+    plain = exemplar_bank(FAMILIES)
+    shifted = exemplar_bank(dataclasses.replace(FAMILIES, shared_mean=3.0))
+    shift = shifted - plain  # [K, E, D]
+    g = torch.Generator().manual_seed(0)
+    for shape in ((96, 1, 8), (96, 6, 8), (24, 1, 8)):  # prototypes, noise, family directions
+        torch.randn(shape, generator=g)
+    torch.testing.assert_close(shift, (3.0 * torch.randn(8, generator=g)).expand_as(shift))  # drawn last
+
+
+def test_p_same_family_draws_training_distractors_from_the_query_family():
+    task = dataclasses.replace(FAMILIES, p_same_family=1.0)
+    b = batch("train", n=500, task=task)
+    cls, _ = same_class(b, task)
+    distractor = cls[torch.arange(500), 1 - b.same_class_pair]
+    assert (distractor // 4 == cls[:, 2] // 4).all() and (distractor != cls[:, 2]).all()
+    assert (b.labels[:, 0] != b.labels[:, 1]).all()
+    half = dataclasses.replace(FAMILIES, p_same_family=0.5)
+    cls, _ = same_class(b := batch("train", n=2000, task=half), half)
+    mates = (cls[torch.arange(2000), 1 - b.same_class_pair] // 4 == cls[:, 2] // 4).float().mean().item()
+    assert 0.45 < mates < 0.58  # p plus the 3/95 chance of a random mate
+    for ev in ("icl", "ciwl", "flip", "iwl"):  # only the training distribution changes
+        assert torch.equal(batch(ev, task=task).exemplars, batch(ev, task=FAMILIES).exemplars)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"shared_mean": -1.0}, "shared_mean"), ({"p_same_family": 1.5}, "p_same_family"),
+    ({"p_same_family": 0.3, "family_size": 1}, "family_size > 1"),
+    ({"p_same_family": 0.3, "holdout_classes": 6}, "multiple of family_size"),
+    ({"p_same_family_from": -1}, "p_same_family_from")])
+def test_direct_path_levers_are_validated(change, message):
+    with pytest.raises(ci.ConfigError, match=message):
+        dataclasses.replace(FAMILIES, **change).validate()
+
+
+def test_the_demo_training_stream_is_unchanged_by_the_levers():
+    # The shipped demo's task; fingerprint of its third training batch and of the stream after it, taken at c926814.
+    demo = ci.TaskConfig(eps=0.7, family_size=8)
+    g = torch.Generator().manual_seed(0)
+    for step in range(3):
+        b = sample_train(demo, 32, g, step)
+    assert (round(float(b.exemplars.double().sum()), 4), int(b.labels.sum()), int(b.target.sum())) == \
+        (60.9299, 395111, 191268)
+    assert int(torch.randint(10**6, (1,), generator=g)) == 833325
+
+
+def test_p_same_family_from_holds_family_mates_back_until_its_step():
+    task = dataclasses.replace(FAMILIES, p_same_family=1.0, p_same_family_from=100)
+    draws = {}
+    for step in (99, 100, None):
+        g = torch.Generator().manual_seed(7)
+        b = sample_train(task, 2000, g, step)
+        cls, _ = same_class(b, task)
+        distractor = cls[torch.arange(2000), 1 - b.same_class_pair]
+        draws[step] = (b, (distractor // 4 == cls[:, 2] // 4).float().mean().item(), g.get_state())
+    assert draws[99][1] < 0.06 and draws[100][1] == 1.0  # before: mates only by chance (3/95); from: always
+    g = torch.Generator().manual_seed(7)  # from its step on, the schedule's batch is the unscheduled one
+    assert torch.equal(sample_train(dataclasses.replace(task, p_same_family_from=0), 2000, g).exemplars,
+                       draws[100][0].exemplars)
+    assert torch.equal(draws[None][0].exemplars, draws[100][0].exemplars)
+    assert torch.equal(draws[99][2], draws[100][2])  # either side draws as many numbers: the stream stays aligned

@@ -36,9 +36,11 @@ def _all_weights(run):
     return out
 
 
-def test_extending_a_finished_run_equals_training_straight_to_its_length(tmp_path, tiny_config):
+@pytest.mark.parametrize("task", [{}, {"family_size": 4, "p_same_family": 0.5, "p_same_family_from": 80}],
+                         ids=["plain", "family-mates-from-step-80"])
+def test_extending_a_finished_run_equals_training_straight_to_its_length(tmp_path, tiny_config, task):
     short = tiny_config.replace(train={"steps": 60, "eval_every": 20, "n_checkpoints": 3,
-                                       "forgetting": "active", "forget_every": 25})
+                                       "forgetting": "active", "forget_every": 25}, task=task)
     long = short.replace(train={"steps": 100})
     straight = ci.train(long, tmp_path / "straight", progress=False, device="cpu")
     ci.train(short, tmp_path / "extended", progress=False, device="cpu")
