@@ -3,10 +3,12 @@ second, and how long `analyze` takes from scratch.
 
     python benchmarks/bench_floor.py [RUN] [--workers 1,2] [--busy]
 
-The floor: nearly all of the time is the unembedding of every intervened query (each row: a 64 x labels matmul
-and a log-sum-exp over the labels, for the loss). The script counts those rows on one checkpoint (wrapping
-`Engine.score`), measures this machine's fp32 and bf16 matmul rate and exp rate on blocks of the same shape, and
-reports floor = rows x (matmul + exp) / rate for the whole run, per core and for the cores used; then it times
+The floor: nearly all of the time is the unembedding of the intervened queries whose metric needs every label (the
+loss: a 64 x labels matmul and a log-sum-exp; iwl accuracy: the matmul and a maximum); in-context accuracy and the
+logit difference read only the context labels' logits. The script counts the rows of each kind on one checkpoint
+(wrapping `engine.full_rows` and `Engine.context_logits`), measures this machine's fp32 and bf16 matmul rate and
+exp rate on blocks of the same shape, and reports floor = full rows x matmul / rate + loss rows x exp / rate for the
+whole run, per core and for the cores used; then it times
 `analyze` from scratch (a copy of the run without its cache) with each worker count and prints the ratio.
 """
 from __future__ import annotations
@@ -27,23 +29,29 @@ from coopinterp.analysis import _compute as compute_rows
 REPO = Path(__file__).resolve().parents[1]
 
 
-def count_rows(run: ci.Run, step: int, n: int) -> int:
-    """Unembedded rows of one checkpoint's analyses (`Engine.score` calls), plus the clean forwards' queries."""
-    seen = {"rows": 0}
-    score = engine.Engine.score
+def count_rows(run: ci.Run, step: int, n: int) -> dict[str, int]:
+    """Rows of one checkpoint's analyses by what they need: the full unembedding with the loss's log-sum-exp,
+    the full unembedding for an argmax alone (iwl accuracy), or only the context labels' logits."""
+    seen = {"loss": 0, "argmax": 0, "context": 0}
+    full_rows, context_logits = engine.full_rows, engine.Engine.context_logits
 
-    def counting(self, hidden, batch):
-        seen["rows"] += hidden.numel() // hidden.shape[-1]
-        return score(self, hidden, batch)
+    def counting_full(hidden, W_U, b_U, target, loss=True):
+        seen["loss" if loss else "argmax"] += hidden.numel() // hidden.shape[-1]
+        return full_rows(hidden, W_U, b_U, target, loss)
 
-    engine.Engine.score = counting
+    def counting_context(self, hidden, batch):
+        seen["context"] += hidden.numel() // hidden.shape[-1]
+        return context_logits(self, hidden, batch)
+
+    engine.full_rows, engine.Engine.context_logits = counting_full, counting_context
     try:
         batches = eval_batches(run.config.task, n, 0)
         for name in default_analyses():
             compute_rows(run, step, name, batches, None)
     finally:
-        engine.Engine.score = score
-    return seen["rows"] + len(batches) * n
+        engine.full_rows, engine.Engine.context_logits = full_rows, context_logits
+    seen["loss"] += len(batches) * n  # the clean forwards' queries (behavior)
+    return seen
 
 
 def rates(d_model: int, labels: int, block: int = 40, repeats: int = 400) -> dict[str, float]:
@@ -78,16 +86,20 @@ def main() -> None:
     cfg = run.config
     print(f"load before: {loadavg()}; threads per process: {torch.get_num_threads()}")
     rows = count_rows(run, run.steps[-1], args.n)
-    total = rows * len(run.steps)
+    K = len(run.steps)
     r = rates(cfg.model.d_model, cfg.task.labels)
     flops = 2 * cfg.model.d_model * cfg.task.labels
-    print(f"{rows:,} unembedded rows per checkpoint x {len(run.steps)} checkpoints = {total:,} rows; "
-          f"{total * flops / 1e12:.1f} TFLOP of unembedding and {total * cfg.task.labels / 1e9:.0f} G exps")
+    full = (rows["loss"] + rows["argmax"]) * K
+    print(f"per checkpoint: {rows['loss']:,} rows need the loss (full unembedding + log-sum-exp), "
+          f"{rows['argmax']:,} an argmax over every label (iwl accuracy), {rows['context']:,} only the context "
+          f"labels' logits; x {K} checkpoints: {full * flops / 1e12:.1f} TFLOP of unembedding and "
+          f"{rows['loss'] * K * cfg.task.labels / 1e9:.0f} G exps")
     for name, rate in r.items():
         extra = f" ({rate * flops / 1e9:.0f} GFLOP/s)" if name.startswith("matmul") else ""
         print(f"  one core: {rate:,.0f} rows/s {name}{extra}")
-    per_core = total / r["matmul fp32"] + total / r["exp fp32"]
-    print(f"floor (fp32 matmul + exp, one core): {per_core:.0f} s; on 2 cores: {per_core / 2:.0f} s")
+    per_core = full / r["matmul fp32"] + rows["loss"] * K / r["exp fp32"]
+    print(f"floor (fp32 matmul of the full rows + exp of the loss rows, one core): {per_core:.0f} s; "
+          f"on 2 cores: {per_core / 2:.0f} s")
     timed_steps = run.steps[-args.checkpoints:] if args.checkpoints else run.steps
     for workers in (int(w) for w in args.workers.split(",")):
         with tempfile.TemporaryDirectory() as tmp, busy_neighbour(args.busy):
