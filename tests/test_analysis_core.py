@@ -303,7 +303,7 @@ def test_cache_key_follows_task_and_model_not_training_settings(run_copy):
 def test_every_analysis_module_declares_one_record():
     records = an.registry()
     assert list(records) == ["behavior", "attention", "composition", "ablation", "path_patching", "clamping",
-                             "paper_checks", "llc"]
+                             "paper_checks", "llc", "strategy"]
     assert all(r.version >= 1 and r.summary for r in records.values())
     assert [n for n, r in records.items() if r.opt_in] == ["llc"]
     assert an.default_analyses() == [n for n in records if n != "llc"]
