@@ -69,8 +69,9 @@ def test_strategy_applies_to_markov_runs_only(tiny_run):
 
 
 def test_strategy_figure(markov_run):
-    table = ci.analyze(markov_run, ["behavior", "strategy"], n=16, progress=False)
+    table = ci.analyze(markov_run, ["behavior", "attention", "strategy"], n=16, progress=False)
     figs, skipped = plots.figures(table)
+    assert {"token_loss", "layer1_attention", "induction_heatmap"} <= set(figs)  # per-head figures read markov_id
     fig = figs["strategy_weights"]
     assert {t.name for t in fig.data} == {"unigram, retrieved", "unigram, inferred", "bigram, retrieved",
                                           "bigram, inferred", "residual KL"}

@@ -85,7 +85,12 @@ def figures(table: pd.DataFrame, metrics: pd.DataFrame | None = None,
 
 
 def token_makers(table: pd.DataFrame, x: str) -> dict[str, Callable[[], go.Figure]]:
-    """The figures of a token model's table (no exemplar evaluators, so no phase marks)."""
+    """The figures of a token model's table (no exemplar evaluators, so no phase marks). With several sources (a
+    Markov run's markov_id and markov_ood) the per-head figures read the first; the strategy figure reads all."""
+    full = table
+    sources = table.evaluator[table.analysis == "behavior"].dropna().unique()
+    if len(sources) > 1:
+        table = table[table.evaluator.isna() | (table.evaluator == sources[0])]
     makers: dict[str, Callable[[], go.Figure]] = {"token_loss": lambda: token_loss_figure(table, x=x)}
     for layer in attention_layers(table):
         makers[f"layer{layer}_attention"] = lambda layer=layer: layer_figure(table, layer, x=x, marks=[])
@@ -95,8 +100,8 @@ def token_makers(table: pd.DataFrame, x: str) -> dict[str, Callable[[], go.Figur
         "composition": lambda: composition_figure(table, marks=[]),
         "path_patching": lambda: token_path_patching_figure(table),
     })
-    if (table.analysis == "strategy").any():  # a Markov-task run
-        makers["strategy_weights"] = lambda: strategy_weights_figure(table, x=x)
+    if (full.analysis == "strategy").any():  # a Markov-task run
+        makers["strategy_weights"] = lambda: strategy_weights_figure(full, x=x)
     return makers
 
 
