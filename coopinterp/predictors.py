@@ -53,7 +53,6 @@ def retrieved(tokens: Int[Tensor, "n T"], chains: Float[Tensor, "K V V"]) -> tup
     log_pi, log_P = pi.log(), chains.log()
     uni, bi = [], []
     for chunk in tokens.split(max(1, BUDGET // (K * tokens.shape[1] * V))):
-        n, T = chunk.shape
         # unigram: every token an i.i.d. draw from pi_k
         ll_uni = log_pi[:, chunk].cumsum(-1)  # K n T
         uni.append(torch.einsum("knt,kv->ntv", _posterior(ll_uni), pi))

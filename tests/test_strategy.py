@@ -31,7 +31,7 @@ def test_a_known_mix_is_recovered(preds):
 def test_the_fit_beats_every_point_of_a_simplex_grid(preds):
     model = torch.softmax(torch.randn(preds.shape[1:], generator=torch.Generator().manual_seed(0),
                                       dtype=torch.float64), -1)
-    fitted, residual = strategy.fit_mixture(model, preds)
+    _, residual = strategy.fit_mixture(model, preds)
     grid = torch.tensor([(a, b, c, 20 - a - b - c) for a in range(21) for b in range(21 - a)
                          for c in range(21 - a - b)], dtype=torch.float64) / 20
     on_grid = [kl(model, torch.einsum("a,antv->ntv", w, preds)).mean().item() for w in grid]

@@ -91,8 +91,7 @@ def fit_mixture(model_probs: Float[Tensor, "n T V"],
 
 @torch.no_grad()
 def model_probs(model: TokenModel, batch: TokenBatch) -> Float[Tensor, "n T V"]:
-    n, T = batch.tokens.shape
-    chunks = batch.tokens.split(max(1, LOGITS_BUDGET // (T * model.cfg.d_vocab)))
+    chunks = batch.tokens.split(max(1, LOGITS_BUDGET // (batch.tokens.shape[1] * model.cfg.d_vocab)))
     return torch.cat([model.bridge(c).double().softmax(-1) for c in chunks])
 
 
