@@ -117,6 +117,9 @@ class TokenModel:
     def run_with_hooks(self, batch: TokenBatch, fwd_hooks=(), **kwargs) -> Float[Tensor, "n pos vocab"]:
         return self.bridge.run_with_hooks(batch.tokens, fwd_hooks=list(fwd_hooks), **kwargs)
 
+    def parameters(self):
+        return self.bridge.parameters()
+
 
 def has_tokenizer(folder: Path) -> bool:
     return any((folder / name).is_file() for name in TOKENIZER_FILES)

@@ -299,3 +299,39 @@ def test_plot_and_report_on_an_outside_run(planted_run, tmp_path):
     assert not drawn & {"behavior", "ablation_heatmap_icl", "path_patching_icl"}  # the exemplar task's figures
     report = _cli("report", tmp_path / "run", "--out", tmp_path / "r.html", "--n", 16, "--no-progress")
     assert report.exit_code == 0 and "GPT2LMHeadModel" in (tmp_path / "r.html").read_text()
+
+
+def test_a_heads_llc_footprint_is_its_slices_in_every_architecture(arch_run):
+    """head_footprint finds a head's weights by a backward pass: in every architecture, exactly the head's d_head
+    lines (rows or columns, whichever index the heads) of its layer's q, k, v and output weights, and under
+    grouped-query attention (Llama, 2 k/v heads for 4) the k and v lines of the head's group."""
+    from coopinterp.analysis.llc import head_footprint, trainable
+
+    arch, root = arch_run
+    run = open_run(root)
+    model = trainable(run.model(10))
+    (data,) = run.batches(None, 8, 0).values()
+    H, dh, layer, head = model.cfg.n_heads, model.cfg.d_head, 1, 2
+    names = {id(p): name for name, p in model.bridge.named_parameters()}
+    parts = {}
+    for p, mask in head_footprint(model, data, layer, head).items():
+        name = names[id(p)]
+        assert f".{layer}." in name  # only its own layer's attention
+        part = next(c for c in "qkvo" if f".{c}." in name or f".{c}_proj." in name)
+        rows, cols = (sorted(set(i.tolist())) for i in mask.nonzero().T)
+        assert mask.sum() == len(rows) * len(cols)  # whole lines
+        lines = rows if len(rows) == dh else cols
+        group = head // (H // 2) if arch == "llama" and part in "kv" else head
+        assert lines == list(range(group * dh, (group + 1) * dh)), (name, lines)
+        parts[part] = mask
+    assert set(parts) == set("qkvo")
+
+
+def test_llc_of_a_token_run(planted_run, tmp_path):
+    pytest.importorskip("devinterp")
+    options = {"llc": {"chains": 2, "draws": 4, "burnin": 0, "batch_size": 8}}
+    df = an.analyze(open_run(planted_run), ["llc"], steps=[500], n=16, progress=False, cache_dir=tmp_path,
+                    options=options)
+    rllc = df[df.metric == "rllc"]
+    assert len(rllc) == 2 * 3 and set(df.evaluator) == {"repeated_tokens"} and df.value.notna().all()
+    assert df[df.metric == "init_loss"].value.item() > 0

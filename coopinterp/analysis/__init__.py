@@ -100,7 +100,7 @@ class _Cache:
         self.writable = True
 
     def path(self, step: int, analysis: str, root: Path | None = None) -> Path:
-        batches = "" if registry()[analysis].own_data else f".n{self.n}.seed{self.seed}"
+        batches = "" if self.run.kind in registry()[analysis].own_data else f".n{self.n}.seed{self.seed}"
         source = "" if self.source is None else f".{hashlib.sha256(self.source.encode()).hexdigest()[:8]}"
         return (root or self.root) / analysis / f"step_{step:09d}{batches}{source}.parquet"
 
@@ -111,11 +111,10 @@ class _Cache:
     def step_key(self, step: int) -> dict[str, str]:
         return {**self.step_key_without_weights(), "checkpoint": _file_hash(self.run.weights_file(step))}
 
-    @staticmethod
-    def key(analysis: str, step_key: dict[str, str], options: dict | None) -> dict[str, str]:
+    def key(self, analysis: str, step_key: dict[str, str], options: dict | None) -> dict[str, str]:
         record = registry()[analysis]
         key = {"analysis": analysis, "version": str(record.version), **step_key}
-        if record.own_data:
+        if self.run.kind in record.own_data:
             del key["n"], key["seed"]
         if options is not None:
             key["options"] = json.dumps(options, sort_keys=True)

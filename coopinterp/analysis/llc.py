@@ -4,7 +4,9 @@
 
 (Lau et al. 2023), estimated from SGLD chains started at w*. The refined LLC of a head (Wang et al. 2024) samples only
 that head's W_Q, W_K, W_V and W_O (its rows of q, k, v and its columns of o); every other weight stays at w*. L is
-the training loss (cross-entropy at the query) on fresh batches of the training distribution.
+the training loss (cross-entropy at the query) on fresh batches of the training distribution. A token model (a run
+from outside): L is the next-token loss on minibatches of the analysis's own sequences (its source), and a head's
+weights are found by a backward pass (`head_footprint`), whatever the architecture's layout.
 
 devinterp (optional extra `coopinterp[devinterp]`) is the sampler: its SGMCMC.sgld optimizer makes every update
 (gradient, localisation prior, noise, per-head mask). The chain loop around it is ours rather than devinterp's
@@ -20,6 +22,7 @@ Hyper-parameters: `Options`, defaults calibrated on the shipped demo (analyses/l
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, TypeVar
@@ -30,10 +33,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens.utilities import get_act_name
 
 from ..errors import ConfigError, CoopError
 from ..model import CoopModel
+from ..outside import TokenModel
+from ..sources import TokenBatch
 from ..task import Batch, sample_train
+from .forwards import next_token_loss
 from .record import Analysis
 
 B = TypeVar("B")
@@ -96,14 +103,18 @@ def head_restriction(model: CoopModel, layer: int, head: int) -> Restriction:
     return out
 
 
-def full_restriction(model: nn.Module) -> Restriction:
+def full_restriction(model: nn.Module | TokenModel) -> Restriction:
     """Every trainable weight (the frozen attention biases excluded)."""
     return {p: None for p in model.parameters() if p.requires_grad}
 
 
-def trainable(model: CoopModel) -> CoopModel:
+def trainable(model: CoopModel | TokenModel) -> CoopModel | TokenModel:
     """A copy of a checkpoint's model whose trained weights take gradients again (Run.model freezes them)."""
     model = copy.deepcopy(model)
+    if model.kind != "exemplar":
+        for p in model.bridge.parameters():
+            p.requires_grad_(True)
+        return model
     fixed = {id(getattr(block.attn, name).original_component.bias)  # zero in the paper's model, never trained
              for block in model.bridge.blocks for name in ("q", "k", "v", "o")}
     for p in model.parameters():
@@ -111,8 +122,8 @@ def trainable(model: CoopModel) -> CoopModel:
     return model
 
 
-def sample_losses(model: nn.Module, loss: Callable[[nn.Module, B], Tensor], batches: Sequence[B],
-                  restriction: Restriction, options: Options,
+def sample_losses(model: nn.Module | TokenModel, loss: Callable[[nn.Module | TokenModel, B], Tensor],
+                  batches: Sequence[B], restriction: Restriction, options: Options,
                   reference: Float[Tensor, " steps"] | None = None) -> Float[Tensor, "chains steps"]:
     """L_b(w_t) - L_b(w*) along each SGLD chain (burn-in included), batch b = batches[t] at step t.
 
@@ -169,6 +180,11 @@ def train_loss(model: CoopModel, batch: Batch) -> Float[Tensor, ""]:
     return F.cross_entropy(model.fast_logits(batch.exemplars, batch.labels), batch.target)
 
 
+def token_loss(model: TokenModel, batch: TokenBatch) -> Float[Tensor, ""]:
+    """A token model's objective: the mean next-token loss of the batch (from `batch.first` on)."""
+    return next_token_loss(model.bridge(batch.tokens), batch.tokens, batch.first).mean()
+
+
 def sampling_batches(model: CoopModel, options: Options) -> list[Batch]:
     """burnin + draws fresh batches of the training distribution, a pure function of `options.seed`."""
     device = model.pos_embedding.device
@@ -176,35 +192,98 @@ def sampling_batches(model: CoopModel, options: Options) -> list[Batch]:
     return [sample_train(model.task, options.batch_size, gen) for _ in range(options.burnin + options.draws)]
 
 
-def restrictions(model: CoopModel, options: Options) -> dict[tuple[int, int] | None, Restriction]:
+def token_sampling_batches(data: TokenBatch, options: Options) -> list[TokenBatch]:
+    """burnin + draws minibatches of the analysis data's sequences, drawn with replacement from `options.seed`."""
+    gen = torch.Generator().manual_seed(options.seed)
+    n = len(data.tokens)
+    return [dataclasses.replace(data, tokens=data.tokens[torch.randint(n, (options.batch_size,), generator=gen)])
+            for _ in range(options.burnin + options.draws)]
+
+
+@torch.enable_grad()
+def head_footprint(model: TokenModel, data: TokenBatch, layer: int, head: int) -> Restriction:
+    """One head's weights in any architecture: the entries of its layer's attention weight matrices that its
+    output depends on (its W_Q, W_K, W_V rows, shared k/v rows under grouped-query attention, its W_O columns).
+
+    Found by one backward pass rather than by each architecture's layout (fused c_attn, query_key_value, separate
+    projections): the other heads' `hook_z` is zeroed, so a random projection of the layer's attention output has a
+    gradient exactly on this head's weights (a test checks the slices on GPT-2, GPT-NeoX and Llama). The pass runs
+    with the layer's weights redrawn at random (then restored), so that a head whose weights are zero still shows
+    where they are.
+    """
+    weights = [p for p in model.bridge.blocks[layer].attn.parameters() if p.ndim >= 2]
+    flags = {p: p.requires_grad for p in weights}
+    saved = [p.detach().clone() for p in weights]
+    gen = torch.Generator().manual_seed(0)
+    keep = torch.zeros(model.cfg.n_heads)
+    keep[head] = 1.0
+    store = {}
+
+    def only_head(z: Tensor, hook) -> Tensor:
+        return z * keep.to(z)[:, None]
+
+    def record(out: Tensor, hook) -> None:
+        store["out"] = out
+
+    try:
+        with torch.no_grad():
+            for p in weights:
+                p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
+        for p in weights:
+            p.requires_grad_(True)
+            p.grad = None
+        model.bridge.run_with_hooks(data.tokens[:4], fwd_hooks=[(get_act_name("z", layer), only_head),
+                                                                (get_act_name("attn_out", layer), record)])
+        probe = torch.randn(store["out"].shape, generator=gen).to(store["out"])
+        (store["out"] * probe).sum().backward()
+        return {p: (p.grad != 0).to(p.dtype) for p in weights if p.grad is not None and p.grad.any()}
+    finally:
+        with torch.no_grad():
+            for p, value in zip(weights, saved):
+                p.copy_(value)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def restrictions(model: CoopModel | TokenModel, options: Options,
+                 data: TokenBatch | None = None) -> dict[tuple[int, int] | None, Restriction]:
     """None -> the whole model; (layer, head) -> that head (when options.heads)."""
     out: dict[tuple[int, int] | None, Restriction] = {None: full_restriction(model)}
     if options.heads:
         for layer in range(model.cfg.n_layers):
             for head in range(model.cfg.n_heads):
-                out[layer, head] = head_restriction(model, layer, head)
+                out[layer, head] = head_restriction(model, layer, head) if data is None else \
+                    head_footprint(model, data, layer, head)
     return out
 
 
-def traces(model: CoopModel, options: Options) -> tuple[Float[Tensor, " steps"], dict[tuple[int, int] | None, Tensor]]:
-    """L(w*) on each sampling batch, and every restriction's excess-loss traces (chains x steps) at one checkpoint."""
+def traces(model: CoopModel | TokenModel, options: Options,
+           data: TokenBatch | None = None) -> tuple[Float[Tensor, " steps"], dict[tuple[int, int] | None, Tensor]]:
+    """L(w*) on each sampling batch, and every restriction's excess-loss traces (chains x steps) at one checkpoint
+    (a token model's batches come from `data`, the analysis's own sequences)."""
     model = trainable(model)
-    batches = sampling_batches(model, options)
+    batches = sampling_batches(model, options) if data is None else token_sampling_batches(data, options)
+    loss = train_loss if data is None else token_loss
     with torch.no_grad():
-        reference = torch.stack([train_loss(model, b) for b in batches])
-    return reference, {key: sample_losses(model, train_loss, batches, r, options, reference)
-                       for key, r in restrictions(model, options).items()}
+        reference = torch.stack([loss(model, b) for b in batches])
+    return reference, {key: sample_losses(model, loss, batches, r, options, reference)
+                       for key, r in restrictions(model, options, data).items()}
 
 
-def rows(model: CoopModel, batches: dict[str, Batch], options: Options | None = None) -> list[dict]:
-    """The whole model's LLC and each head's refined LLC at one checkpoint (`batches` unused: SGLD draws its own)."""
+def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch],
+         options: Options | None = None) -> list[dict]:
+    """The whole model's LLC and each head's refined LLC at one checkpoint (the exemplar model: `batches` unused,
+    SGLD draws its own; a token model: minibatches of its first source's sequences, evaluator named after it)."""
     options = options or Options()
-    reference, excess_by_key = traces(model, options)
-    out = [{"evaluator": "train", "metric": "init_loss", "value": float(reference.mean())}]
+    data = None if model.kind == "exemplar" else next(iter(batches.values()))
+    reference, excess_by_key = traces(model, options, data)
+    evaluator = "train" if data is None else next(iter(batches))
+    out = [{"evaluator": evaluator, "metric": "init_loss", "value": float(reference.mean())}]
     for key, excess in excess_by_key.items():
         per_chain = estimate(excess, options)
         metric, where = ("llc", {}) if key is None else ("rllc", {"layer": key[0], "head": key[1]})
-        base = {"evaluator": "train", **where}
+        base = {"evaluator": evaluator, **where}
         out += [{**base, "metric": metric, "value": float(per_chain.mean())},
                 {**base, "metric": f"{metric}_std", "value": float(per_chain.std())}]
         out += [{**base, "metric": f"{metric}_chain", "component": f"chain{c}", "value": float(v)}
@@ -221,5 +300,6 @@ def headline(rows: pd.DataFrame) -> str:
 
 
 ANALYSIS = Analysis("llc", 1, rows, "learning coefficient of the model and refined LLC of every head (SGLD, "
-                    "needs coopinterp[devinterp])", options=Options, opt_in=True, own_data=True,
+                    "needs coopinterp[devinterp])", options=Options, opt_in=True, own_data=("exemplar",),
+                    models=("exemplar", "tokens"),
                     figures=("llc", "rllc_heatmap"), headline=headline)

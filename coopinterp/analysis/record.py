@@ -35,7 +35,8 @@ class Analysis:
     summary: str  # one line for `coopinterp analyses`
     options: type | None = None  # a frozen dataclass of settings (module docstring), None: no settings
     opt_in: bool = False  # run only when named (slow, or an optional dependency)
-    own_data: bool = False  # draws its own batches: the evaluation batches' n and seed are not in its cache key
+    # kinds of model on which it draws its own batches: there the evaluation batches' n and seed are not in its key
+    own_data: tuple[ModelKind, ...] = ()
     models: tuple[ModelKind, ...] = ("exemplar",)
     figures: tuple[str, ...] = ()  # figures drawn from its rows (coopinterp.plots)
     headline: Callable[[pd.DataFrame], str] | None = None  # its rows at one step -> a short summary
