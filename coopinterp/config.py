@@ -47,7 +47,7 @@ class TaskConfig:
     kind: str = "exemplar"
     n_chains: int = 64  # K: the training mixture's chains
     n_states: int = 10  # V: states (tokens)
-    markov_len: int = 128  # T: tokens per sequence
+    markov_len: int = 512  # T: tokens per sequence
     dirichlet_alpha: float = 1.0  # every transition row ~ Dirichlet(alpha)
 
     @property

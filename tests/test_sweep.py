@@ -76,6 +76,17 @@ def test_ray_local(tmp_path):
     assert ci.load_run(tmp_path / "seed=1").steps[-1] == 12
 
 
+def test_ray_local_markov_sweep(tmp_path):
+    """A sweep over the Markov task's number of chains trains on a local Ray cluster into markov runs."""
+    spec = {"base": "markov-tiny", "set": {"train.steps": 12, "train.eval_every": 6, "train.n_checkpoints": 3},
+            "grid": {"task.n_chains": [2, 4]}}
+    results = run_sweep(spec, tmp_path, ray_address="local", workers=1, device="cpu")
+    assert [r.status for r in results] == ["done", "done"], results
+    run = ci.load_run(tmp_path / "n_chains=4")
+    assert run.kind == "markov" and run.config.task.n_chains == 4 and run.steps[-1] == 12
+    assert [r.status for r in run_sweep(spec, tmp_path, device="cpu")] == ["skipped", "skipped"]
+
+
 def test_cli_sweep(tmp_path):
     from typer.testing import CliRunner
 
