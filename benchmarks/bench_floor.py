@@ -23,7 +23,7 @@ import torch
 from common import busy_neighbour, loadavg
 
 import coopinterp as ci
-from coopinterp.analysis import default_analyses, engine, eval_batches
+from coopinterp.analysis import default_analyses, engine, eval_batches, registry
 from coopinterp.analysis import _compute as compute_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def count_rows(run: ci.Run, step: int, n: int) -> dict[str, int]:
     try:
         batches = eval_batches(run.config.task, n, 0)
         for name in default_analyses():
-            compute_rows(run, step, name, batches, None)
+            compute_rows(run, step, name, batches, registry()[name].parse(None))
     finally:
         engine.full_rows, engine.Engine.context_logits = full_rows, context_logits
     seen["loss"] += len(batches) * n  # the clean forwards' queries (behavior)

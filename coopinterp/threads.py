@@ -19,6 +19,7 @@ import os
 import sys
 
 ENV = "COOPINTERP_THREADS"
+WORKERS_ENV = "COOPINTERP_WORKERS"
 
 
 def policy_threads() -> int:
@@ -31,6 +32,17 @@ def policy_threads() -> int:
             except ValueError:
                 raise SystemExit(f"error: {name} must be a positive integer, got {value!r}") from None
     return 1
+
+
+def default_workers() -> int:
+    """Processes `analyze` runs at once when not told: COOPINTERP_WORKERS, else the cores this process may use."""
+    value = os.environ.get(WORKERS_ENV, "").strip()
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise SystemExit(f"error: {WORKERS_ENV} must be a positive integer, got {value!r}") from None
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else max(1, os.cpu_count() or 1)
 
 
 def apply() -> int:

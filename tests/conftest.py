@@ -1,4 +1,5 @@
 import importlib
+import os
 import pkgutil
 
 import jaxtyping
@@ -16,6 +17,9 @@ with jaxtyping.install_import_hook("coopinterp", "beartype.beartype"):
             importlib.import_module(module.name)
 
 torch.set_num_threads(1)
+# analyze() spreads checkpoints over the cores by default; tests that want worker processes ask for them, the rest
+# stay in this process (seconds of start-up per worker, and monkeypatches reach only this process)
+os.environ["COOPINTERP_WORKERS"] = "1"
 
 
 @pytest.fixture(scope="session")

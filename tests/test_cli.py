@@ -67,3 +67,17 @@ def test_thread_policy(env, threads):
         r = subprocess.run([sys.executable, "-c", f"{order}, os; print(torch.get_num_threads(), "
                             "os.environ['OMP_WAIT_POLICY'])"], capture_output=True, text=True, env={**base, **env})
         assert r.stdout.split() == [str(threads), "PASSIVE"], (order, r.stdout, r.stderr[-300:])
+
+
+def test_analyze_spreads_checkpoints_over_the_cores_by_default(monkeypatch):
+    """analyze() and `coopinterp analyze` default to one worker per core this process may use;
+    COOPINTERP_WORKERS overrides (the test session sets it to 1, conftest.py)."""
+    from coopinterp.threads import default_workers
+
+    monkeypatch.delenv("COOPINTERP_WORKERS")
+    assert default_workers() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("COOPINTERP_WORKERS", "3")
+    assert default_workers() == 3
+    monkeypatch.setenv("COOPINTERP_WORKERS", "many")
+    with pytest.raises(SystemExit, match="COOPINTERP_WORKERS must be a positive integer"):
+        default_workers()

@@ -40,6 +40,7 @@ from rich.progress import (
 from ..cluster import ray_session
 from ..errors import ConfigError, CoopError
 from ..tables import concat, read_table, table, write_table
+from ..threads import default_workers
 from .forwards import CleanRun, clean_run, eval_batches, shared_forwards
 from .record import Analysis
 
@@ -204,14 +205,15 @@ def _worker_step(path: str, device: str, step: int, options: dict[str, dict | No
 
 def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[int] | None = None,
             n: int = 512, seed: int = 0, progress: bool = True, recompute: bool = False,
-            workers: int = 1, cache_dir: str | Path | None = None, options: dict[str, dict] | None = None,
+            workers: int | None = None, cache_dir: str | Path | None = None, options: dict[str, dict] | None = None,
             cached_only: bool = False, source: str | None = None, ray: str | None = None) -> pd.DataFrame:
     """Run `analyses` (default: every analysis for the run's kind of model but the opt-in ones) at `steps`
     (default: every checkpoint): one tidy frame.
 
     Cached (step, analysis) tables whose key matches are reused (module docstring); `recompute` ignores them.
     `workers` > 1 analyses that many checkpoints at once, each in its own process (one thread each, see
-    threads.py): on a machine with that many free cores, the whole run takes about 1/workers of the time. Cached
+    threads.py): on a machine with that many free cores, the whole run takes about 1/workers of the time (default:
+    `threads.default_workers()`, the cores this process may use, or COOPINTERP_WORKERS). Cached
     tables are read first; with fewer than two checkpoints per worker left to compute, they are computed here.
     `cache_dir` writes the cache there instead of RUN/analysis/ (which is still read): for runs not to be written.
     `options` maps an analysis to its settings, e.g. {"llc": {"draws": 100}}; `cached_only` computes nothing
@@ -225,6 +227,7 @@ def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[in
     steps = list(run.steps) if steps is None else list(dict.fromkeys(run.check_step(int(s)) for s in steps))
     if n < 2:
         raise ConfigError(f"n must be >= 2, got {n}")
+    workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     per_analysis = _options(names, options)

@@ -1,7 +1,6 @@
 """`coopinterp analyze`: the per-step metric table of a run, written to parquet or CSV."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -35,7 +34,8 @@ def analyze_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     recompute: bool = typer.Option(False, "--recompute", help="Ignore cached tables and compute everything again."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Checkpoints analysed at once, one process each "
-                                          "(default: this machine's cores; with --ray local: Ray's CPUs)."),
+                                          "(default: the cores this process may use, or COOPINTERP_WORKERS; with --ray "
+                                          "local: Ray's CPUs)."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Fan checkpoints out over Ray: 'local' starts Ray here, "
                                       "'auto' joins a running cluster (pip install 'coopinterp\\[ray]')."),
 ) -> None:
@@ -56,7 +56,7 @@ def analyze_cmd(
     out = out or check_out(run.path / "analysis" / "table.parquet", (".parquet", ".csv"))
     t0 = time.perf_counter()
     df = analyze(run, names, steps=comma_ints(steps, "--steps") if steps is not None else None, n=n, seed=seed,
-                 progress=progress, recompute=recompute, workers=workers or default_workers(), options=options,
+                 progress=progress, recompute=recompute, workers=workers, options=options,
                  source=source, ray=ray)
     try:
         write_table(df, out)
@@ -99,10 +99,6 @@ def parse_option_flags(flags: list[str], names: list[str] | None) -> dict[str, d
     if stray:
         raise CoopError(f"--option {stray[0]}.* applies to the {stray[0]} analysis: add --analyses {stray[0]}")
     return options or None
-
-
-def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
 
 
 @app.command("analyses")
