@@ -23,8 +23,9 @@ from torch import Tensor
 
 from .checkpoints import ResumeState, Run, checkpoint_path, load_tensors, save_checkpoint
 from .config import ModelConfig, RunConfig, TaskConfig
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .markov import EVALUATORS, MarkovBatch, check_markov, eval_batches, sample_train
+from .model import check_weights_match
 from .outside import TokenModel
 from .sources import ModelShape, TokenBatch, source_key, token_batches
 
@@ -101,13 +102,7 @@ class MarkovModel(TokenModel, nn.Module):
     @torch.no_grad()
     def load_weights(self, weights: dict[str, Tensor], source: str = "checkpoint") -> None:
         own = self.weights()
-        missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-        if missing or extra:
-            raise CheckpointError(f"{source} does not match the model: missing {missing[:4]}, unexpected {extra[:4]}")
-        bad = [k for k, v in weights.items() if tuple(v.shape) != tuple(own[k].shape)]
-        if bad:
-            raise CheckpointError(f"{source}: tensor {bad[0]} has shape {tuple(weights[bad[0]].shape)}, the run's "
-                                  f"config needs {tuple(own[bad[0]].shape)}")
+        check_weights_match(own, weights, source)
         self.bridge.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=True)
 
 

@@ -175,17 +175,22 @@ class CoopModel(nn.Module):
     def load_weights(self, weights: dict[str, Tensor], source: str = "checkpoint") -> None:
         """Load `weights()`-format tensors, upcasting; a missing, extra or misshapen tensor is an error."""
         own = self.weights()
-        missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-        if missing or extra:
-            raise CheckpointError(f"{source} does not match the model: missing {missing[:4]}, unexpected {extra[:4]}")
-        for name, value in weights.items():
-            if tuple(value.shape) != tuple(own[name].shape):
-                raise CheckpointError(f"{source}: tensor {name} has shape {tuple(value.shape)}, "
-                                      f"the run's config needs {tuple(own[name].shape)}")
+        check_weights_match(own, weights, source)
         tl_part = {k: v.to(own[k].dtype) for k, v in weights.items() if not k.startswith("exemplar_embed.")}
         self.bridge.load_state_dict(tl_part, strict=True)
         self.exemplar_embed.weight.copy_(weights["exemplar_embed.weight"])
         self.exemplar_embed.bias.copy_(weights["exemplar_embed.bias"])
+
+
+def check_weights_match(own: dict[str, Tensor], weights: dict[str, Tensor], source: str) -> None:
+    """A checkpoint's tensors against the model's: a missing, extra or misshapen one is a one-line CheckpointError."""
+    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or extra:
+        raise CheckpointError(f"{source} does not match the model: missing {missing[:4]}, unexpected {extra[:4]}")
+    for name, value in weights.items():
+        if tuple(value.shape) != tuple(own[name].shape):
+            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(value.shape)}, "
+                                  f"the run's config needs {tuple(own[name].shape)}")
 
 
 def _weight_view(name: str) -> property:
