@@ -22,26 +22,31 @@ ENV = "COOPINTERP_THREADS"
 WORKERS_ENV = "COOPINTERP_WORKERS"
 
 
+def _env_count(name: str) -> int | None:
+    """A positive integer from the environment variable `name` (None if unset); anything else stops with a line."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise SystemExit(f"error: {name} must be a positive integer, got {value!r}") from None
+
+
 def policy_threads() -> int:
     """The number of threads coopinterp runs torch with."""
     for name in (ENV, "OMP_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            try:
-                return max(1, int(value))
-            except ValueError:
-                raise SystemExit(f"error: {name} must be a positive integer, got {value!r}") from None
+        count = _env_count(name)
+        if count is not None:
+            return count
     return 1
 
 
 def default_workers() -> int:
     """Processes `analyze` runs at once when not told: COOPINTERP_WORKERS, else the cores this process may use."""
-    value = os.environ.get(WORKERS_ENV, "").strip()
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            raise SystemExit(f"error: {WORKERS_ENV} must be a positive integer, got {value!r}") from None
+    count = _env_count(WORKERS_ENV)
+    if count is not None:
+        return count
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else max(1, os.cpu_count() or 1)
 
 
