@@ -22,26 +22,13 @@ from transformer_lens.utilities import get_act_name
 from common import loadavg  # noqa: F401  (applies the thread policy)
 from coopinterp.analysis import ablation, eval_batches, patching
 from coopinterp.analysis.engine import METRICS, Engine, head_masks, replacement
+from coopinterp.analysis.forwards import final_stream
 from coopinterp.checkpoints import load_run
-
-
-class _Stop(Exception):
-    pass
 
 
 def query_stream(model, resid: torch.Tensor, hooks: list) -> torch.Tensor:
     """The unembedding's input at the query from a hooked forward of the bridge that stops there."""
-    store = {}
-
-    def grab(x, hook):
-        store["x"] = x[:, -1]
-        raise _Stop
-
-    try:
-        model.bridge.run_with_hooks(resid, start_at_layer=0, fwd_hooks=[*hooks, ("unembed.hook_in", grab)])
-    except _Stop:
-        pass
-    return store["x"]
+    return final_stream(model, resid, hooks, start_at_layer=0)[:, -1]
 
 
 @torch.no_grad()

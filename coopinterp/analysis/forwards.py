@@ -127,10 +127,11 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def final_stream(model: TokenModel, tokens: Int[Tensor, "n pos"],
-                 fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "n pos d_model"]:
-    """The unembedding's input (`unembed.hook_in`, after the final LayerNorm) of a hooked forward that stops there,
-    so that a metric unembeds only the rows it reads (`engine.full_rows`), a block at a time."""
+def final_stream(model: TokenModel | CoopModel, inputs: Tensor, fwd_hooks: Sequence[tuple[str, Callable]] = (),
+                 **kwargs) -> Float[Tensor, "n pos d_model"]:
+    """The unembedding's input (`unembed.hook_in`, after the final LayerNorm) of a hooked forward of the bridge on
+    `inputs` (tokens, or a residual stream with `start_at_layer=0`) that stops there, so that a metric unembeds only
+    the rows it reads (`engine.full_rows`), a block at a time."""
     store = {}
 
     def grab(x: Tensor, hook) -> None:
@@ -138,7 +139,7 @@ def final_stream(model: TokenModel, tokens: Int[Tensor, "n pos"],
         raise _Stop
 
     try:
-        model.bridge.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, ("unembed.hook_in", grab)])
+        model.bridge.run_with_hooks(inputs, fwd_hooks=[*fwd_hooks, ("unembed.hook_in", grab)], **kwargs)
     except _Stop:
         pass
     return store["x"]
