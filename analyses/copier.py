@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> str:
     head = int(skip.idxmax())
     model = run.model(at.ciwl_state)
     batch = ci.make_batch(run.config.task, "ciwl", n=4 * N, seed=0)
-    sweeps = {h: copier_sweep(model, batch, (1, h), s=[0.0, 0.5, 1.0])[0].tolist() for h in range(model.cfg.n_heads)}
+    sweeps = {h: copier_sweep(model, batch, (1, h), s=[0.0, 0.5, 1.0], metrics=["acc"])["acc"].tolist()
+              for h in range(model.cfg.n_heads)}
     lo, mid, hi = sweeps[head]
     copiers = [h for h, (a0, _, a1) in sweeps.items() if a1 - a0 >= 0.6]
     ok = hi >= 0.8 and lo <= 0.2

@@ -4,11 +4,12 @@ second, and how long `analyze` takes from scratch.
     python benchmarks/bench_floor.py [RUN] [--workers 1,2] [--busy]
 
 The floor: nearly all of the time is the unembedding of the intervened queries whose metric needs every label (the
-loss: a 64 x labels matmul and a log-sum-exp; iwl accuracy: the matmul and a maximum); in-context accuracy and the
-logit difference read only the context labels' logits. The script counts the rows of each kind on one checkpoint
-(wrapping `engine.full_rows` and `Engine.context_logits`), measures this machine's fp32 and bf16 matmul rate and
-exp rate on blocks of the same shape, and reports floor = full rows x matmul / rate + loss rows x exp / rate for the
-whole run, per core and for the cores used; then it times
+loss: a 64 x labels fp32 matmul and a log-sum-exp; iwl accuracy: a maximum, which the bf16 screen decides at the
+bf16 matmul's rate); in-context accuracy and the logit difference read only the context labels' logits. The script
+counts the rows of each kind on one checkpoint (wrapping `engine.full_rows` and `Engine.context_logits`), measures
+this machine's fp32 matmul and exp rates on blocks of `exact_rows`'s shape and the bf16 matmul rate on blocks of the
+screen's, and reports floor = loss rows x (1 / fp32 rate + 1 / exp rate) + argmax rows / bf16 rate for the whole
+run, per core and for the cores used; then it times
 `analyze` from scratch (a copy of the run without its cache) with each worker count and prints the ratio.
 """
 from __future__ import annotations
@@ -50,22 +51,24 @@ def count_rows(run: ci.Run, step: int, n: int) -> dict[str, int]:
             compute_rows(run, step, name, batches, registry()[name].parse(None))
     finally:
         engine.full_rows, engine.Engine.context_logits = full_rows, context_logits
-    seen["loss"] += len(batches) * n  # the clean forwards' queries (behavior)
     return seen
 
 
-def rates(d_model: int, labels: int, block: int = 40, repeats: int = 400) -> dict[str, float]:
-    """Rows per second of the unembedding matmul (fp32, bf16) and of exp over the labels, on cache-sized blocks."""
-    x, w = torch.randn(block, d_model), torch.randn(d_model, labels)
+def rates(d_model: int, labels: int, repeats: int = 400) -> dict[str, float]:
+    """Rows per second of the unembedding matmul (fp32 on `exact_rows`'s blocks, bf16 with the bias as one more
+    input dim on `screened_top`'s) and of exp over the labels."""
+    block = max(engine.MIN_ROWS, engine.ROW_BLOCK // labels)
+    x, w = torch.randn(engine.SCREEN_ROWS, d_model + 1), torch.randn(d_model + 1, labels)
+    shapes = {"fp32": (x[:block, :d_model], w[:d_model]), "bf16": (x.bfloat16(), w.bfloat16())}
     out = {}
-    for name, (a, b) in {"fp32": (x, w), "bf16": (x.bfloat16(), w.bfloat16())}.items():
+    for name, (a, b) in shapes.items():
         for _ in range(20):
             a @ b
         t0 = time.perf_counter()
         for _ in range(repeats):
             a @ b
-        out[f"matmul {name}"] = block * repeats / (time.perf_counter() - t0)
-    logits = x @ w
+        out[f"matmul {name}"] = len(a) * repeats / (time.perf_counter() - t0)
+    logits = x[:block, :d_model] @ w[:d_model]
     t0 = time.perf_counter()
     for _ in range(repeats):
         logits.exp()
@@ -97,8 +100,8 @@ def main() -> None:
     for name, rate in r.items():
         extra = f" ({rate * flops / 1e9:.0f} GFLOP/s)" if name.startswith("matmul") else ""
         print(f"  one core: {rate:,.0f} rows/s {name}{extra}")
-    per_core = full / r["matmul fp32"] + rows["loss"] * K / r["exp fp32"]
-    print(f"floor (fp32 matmul of the full rows + exp of the loss rows, one core): {per_core:.0f} s; "
+    per_core = rows["loss"] * K * (1 / r["matmul fp32"] + 1 / r["exp fp32"]) + rows["argmax"] * K / r["matmul bf16"]
+    print(f"floor (fp32 matmul + exp of the loss rows, bf16 matmul of the argmax rows, one core): {per_core:.0f} s; "
           f"on 2 cores: {per_core / 2:.0f} s")
     timed_steps = run.steps[-args.checkpoints:] if args.checkpoints else run.steps
     for workers in (int(w) for w in args.workers.split(",")):

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import coopinterp as ci
 import coopinterp.analysis as an
 from coopinterp.analysis import attention, behavior, composition
+from coopinterp.analysis.engine import Engine
 from coopinterp.cli import app
 from coopinterp.tables import COLUMNS, read_table
 from coopinterp.task import Batch, accuracy, loss
@@ -141,7 +142,7 @@ def test_clean_run_equals_plain_forward_and_cache(tiny_run, batches):
     batch = batches["flip"]
     out = an.clean_run(model, batch)
     logits, cache = model.run_with_cache(batch)
-    torch.testing.assert_close(out.logits, logits)
+    torch.testing.assert_close(Engine(model).logits(out.hidden), logits)
     torch.testing.assert_close(out.patterns[1], cache["blocks.1.attn.hook_pattern"])
     with an.shared_forwards():
         assert an.clean_run(model, batch) is an.clean_run(model, batch)

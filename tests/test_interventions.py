@@ -1,4 +1,6 @@
 """The batched intervention engine (ablation, path patching, clamping) against one-TL-hook-per-set references."""
+from pathlib import Path
+
 import pytest
 import torch
 from transformer_lens.utilities import get_act_name
@@ -49,6 +51,15 @@ def test_derangement_has_no_fixed_point():
     assert torch.equal(perm, E.derangement(101, seed=3))
 
 
+def naive_logit_diff(logits, batch):
+    """The target label's logit minus the best other context label's, from the full row (sequences with both)."""
+    ctx = logits.gather(1, batch.labels)
+    is_target = batch.labels == batch.target[:, None]
+    diff = ctx.masked_fill(~is_target, -1e9).amax(1) - ctx.masked_fill(is_target, -1e9).amax(1)
+    kept = is_target.any(1) & ~is_target.all(1)
+    return diff[kept].mean()
+
+
 def test_engine_is_the_model(model, batches):
     engine = E.Engine(model)
     for batch in batches.values():
@@ -60,14 +71,49 @@ def test_engine_is_the_model(model, batches):
         torch.testing.assert_close(acc[0], accuracy(logits, batch))
         if batch.evaluator == "iwl":  # the target need not be in the context: no logit difference
             assert set(scores) == {"acc", "loss"}
-        else:  # the target label's logit minus the best other context label's, from the full row
-            ctx = logits.gather(1, batch.labels)
-            is_target = batch.labels == batch.target[:, None]
-            diff = ctx.masked_fill(~is_target, -1e9).amax(1) - ctx.masked_fill(is_target, -1e9).amax(1)
-            kept = is_target.any(1) & ~is_target.all(1)
-            torch.testing.assert_close(scores["logit_diff"][0], diff[kept].mean(), **TOL)
+        else:
+            torch.testing.assert_close(scores["logit_diff"][0], naive_logit_diff(logits, batch), **TOL)
         torch.testing.assert_close(ce[0], loss(logits, batch), **TOL)
         torch.testing.assert_close(ce[1], loss(logits.flip(0), batch), **TOL)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_screened_argmax_is_the_fp32_one(monkeypatch, bias):
+    """The bf16 screen gives fp32's answer on every row: it decides the rows with a clear margin, and exact ties
+    (label 1 duplicates label 0, the target) go back to fp32, which counts a tie as the target's."""
+    g = torch.Generator().manual_seed(0)
+    d, labels, n = 16, 3000, 600
+    W = torch.randn(d, labels, generator=g)
+    W[:, 1] = W[:, 0]
+    b = torch.randn(labels, generator=g) if bias else torch.zeros(labels)
+    b[1] = b[0]
+    h = 4 * torch.randn(n, d, generator=g)
+    h[:100] = 6 * W[:, 0] + 0.1 * torch.randn(100, d, generator=g)  # labels 0 and 1 on top, tied
+    target = torch.addmm(b, h, W).argmax(-1)
+    target[:100] = 0
+    target[300:] = torch.randint(0, labels, (n - 300,), generator=g)  # mostly not the top
+    expected = E.exact_rows(h, W, b, target, loss=False)[1]
+    rechecked = []
+    exact_rows = E.exact_rows
+    monkeypatch.setattr(E, "exact_rows", lambda flat, *a, **k: rechecked.append(len(flat)) or exact_rows(flat, *a, **k))
+    ce, screened = E.full_rows(h, W, b, target, loss=False)
+    assert ce is None and torch.equal(screened, expected)
+    assert expected[:100].all() and expected[:300].float().mean() > 0.9 and expected[300:].float().mean() < 0.1
+    assert 100 <= sum(rechecked) <= 250  # the ties, and fewer than a third of the others
+
+
+def test_screened_argmax_on_the_demo_checkpoints():
+    """iwl accuracy of every head's ablation on two of the shipped demo's checkpoints: the screen equals fp32."""
+    run = ci.load_run(Path(__file__).resolve().parents[1] / "checkpoints" / "demo")
+    for step in (run.steps[2], run.steps[-1]):
+        model = run.model(step)
+        batch = ci.make_batch(run.config.task, "iwl", n=128, seed=1)
+        hidden = A.ablated_hidden(model, batch, [[head] for head in A.all_heads(model.cfg)], "mean")
+        engine = E.Engine(model)
+        _, expected = E.exact_rows(hidden.flatten(0, 1), engine.W_U.contiguous(), engine.b_U,
+                                   batch.target.repeat(len(hidden)), loss=False)
+        _, screened = E.full_rows(hidden, engine.W_U, engine.b_U, batch.target, loss=False)
+        assert torch.equal(screened.flatten(), expected)
 
 
 @pytest.mark.parametrize("mode", E.MODES)
@@ -180,11 +226,12 @@ def test_paper_checks_rows(model, batches):
 def test_copier_sweep_matches_hooks(model, batches):
     batch = batches["ciwl"]
     for head in ((1, 0), (1, 3)):
-        acc, ce = C.copier_sweep(model, batch, head, s=[0.0, 0.4, 1.0])
+        scores = C.copier_sweep(model, batch, head, s=[0.0, 0.4, 1.0], metrics=E.METRICS)
         for i, s in enumerate([0.0, 0.4, 1.0]):
             naive = C.copier_hooked(model, batch, head, s)
-            assert acc[i].item() == pytest.approx(accuracy(naive, batch).item())
-            assert ce[i].item() == pytest.approx(loss(naive, batch).item(), abs=1e-5)
+            assert scores["acc"][i].item() == pytest.approx(accuracy(naive, batch).item())
+            assert scores["loss"][i].item() == pytest.approx(loss(naive, batch).item(), abs=1e-5)
+            assert scores["logit_diff"][i].item() == pytest.approx(naive_logit_diff(naive, batch).item(), abs=1e-5)
     with pytest.raises(ci.ConfigError, match="clamps a last-layer head"):
         C.copier_sweep(model, batch, (0, 1))
 
@@ -206,9 +253,9 @@ def test_copier_sweep_on_a_hand_built_copier(tiny_config, batches):
     for name in ("blocks.0.ln1.weight", "blocks.1.ln1.weight", "ln_final.weight"):
         w[name] = torch.ones_like(w[name])
     m.load_weights(w)
-    acc, _ = C.copier_sweep(m, batches["ciwl"], (1, 0), s=[0.0, 0.3, 0.7, 1.0])
+    acc = C.copier_sweep(m, batches["ciwl"], (1, 0), s=[0.0, 0.3, 0.7, 1.0])["acc"]
     assert acc.tolist() == [0.0, 0.0, 1.0, 1.0]
-    acc, _ = C.copier_sweep(m, batches["ciwl"], (1, 1), s=[0.0, 1.0])  # a head with no OV circuit: a tie
+    acc = C.copier_sweep(m, batches["ciwl"], (1, 1), s=[0.0, 1.0])["acc"]  # a head with no OV circuit: a tie
     assert acc[0] == acc[1]
 
 
@@ -255,11 +302,11 @@ def test_path_patching_rows_and_errors(model, batches):
 def test_clamp_matches_hooks(model, batches):
     batch = batches["ciwl"]
     for head, ablate in (((1, 2), None), ((1, 0), [(0, 1), (1, 3)])):
-        acc, ce = C.clamp_sweep(model, batch, head, s=[0.0, 0.3, 1.0], ablate=ablate)
+        scores = C.clamp_sweep(model, batch, head, s=[0.0, 0.3, 1.0], ablate=ablate)
         for i, s in enumerate([0.0, 0.3, 1.0]):
             naive = C.clamp_hooked(model, batch, head, s, ablate=ablate)
-            assert acc[i].item() == pytest.approx(accuracy(naive, batch).item())
-            assert ce[i].item() == pytest.approx(loss(naive, batch).item(), abs=1e-5)
+            assert scores["acc"][i].item() == pytest.approx(accuracy(naive, batch).item())
+            assert scores["loss"][i].item() == pytest.approx(loss(naive, batch).item(), abs=1e-5)
 
 
 def test_clamp_row_and_rows(model, batches):
@@ -273,8 +320,12 @@ def test_clamp_row_and_rows(model, batches):
     rows = C.rows(model, batches)
     assert [r["component"] for r in rows[:2 * len(C.S_VALUES):2]] == [f"s={s:.2f}" for s in C.S_VALUES]
     assert {r["head"] for r in rows} == set(range(model.cfg.n_heads)) and {r["layer"] for r in rows} == {1}
-    acc, _ = C.copier_sweep(model, batch, (1, 2))
-    assert [r["value"] for r in rows if r["head"] == 2 and r["metric"] == "acc"] == pytest.approx(acc.tolist())
+    assert {r["metric"] for r in rows} == {"acc", "logit_diff"}  # the loss only when asked
+    with_loss = C.rows(model, batches, C.Options(loss=True))
+    scores = C.copier_sweep(model, batch, (1, 2), metrics=E.METRICS)
+    for metric in E.METRICS:
+        values = [r["value"] for r in with_loss if r["head"] == 2 and r["metric"] == metric]
+        assert values == pytest.approx(scores[metric].tolist())
 
 
 def test_graft(tiny_run, batches):

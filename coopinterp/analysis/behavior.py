@@ -11,7 +11,8 @@ import pandas as pd
 from ..model import CoopModel
 from ..outside import TokenModel
 from ..sources import TokenBatch
-from ..task import Batch, accuracy, loss
+from ..task import Batch
+from .engine import Engine
 from .forwards import clean_run, token_run
 from .record import Analysis
 
@@ -31,11 +32,10 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
 def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
     if model.kind == "tokens":
         return token_rows(model, batches)
-    out = []
+    engine, out = Engine(model), []
     for ev, batch in batches.items():
-        logits = clean_run(model, batch).logits
-        out += [{"metric": "acc", "evaluator": ev, "value": accuracy(logits, batch).item()},
-                {"metric": "loss", "evaluator": ev, "value": loss(logits, batch).item()}]
+        scores = engine.score(clean_run(model, batch).hidden, batch, ("acc", "loss"))
+        out += [{"metric": m, "evaluator": ev, "value": v.item()} for m, v in scores.items()]
     return out
 
 

@@ -11,10 +11,12 @@ Two protocols:
          whether the head's OV circuit copies labels, without any help from memorisation in the direct path.
   layer  (`clamp_sweep`): the rest of the head's layer is ablated (mean by default), everything else clean;
          with a direct path that memorises, the model can answer without the head at all.
-`rows` runs the paper protocol for every last-layer head, s in {0, 0.1, ..., 1}, on `ciwl`.
+`rows` runs the paper protocol for every last-layer head, s in {0, 0.1, ..., 1}, on `ciwl`: accuracy and logit
+difference, which read only the context labels' logits (the loss over all labels too with `Options.loss`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Sequence
 
@@ -30,6 +32,14 @@ from .engine import Engine, Head, check_head, check_mode, masked_edit, replaceme
 from .record import Analysis
 
 PROTOCOLS = ("paper", "layer")
+Scores = dict[str, Float[Tensor, " s"]]  # metric (`engine.METRICS`) -> one value per s
+
+
+@dataclass(frozen=True)
+class Options:
+    """What each clamping row reports."""
+
+    loss: bool = False  # also the loss over all labels (unembeds every row: ~3x the analysis's default time)
 
 S_VALUES = tuple(i / 10 for i in range(11))
 
@@ -57,9 +67,9 @@ def _check_last_layer(model: CoopModel, head: Head) -> Head:
 
 
 @torch.no_grad()
-def copier_sweep(model: CoopModel, batch: Batch, head: Head,
-                 s: Sequence[float] = S_VALUES) -> tuple[Float[Tensor, " s"], Float[Tensor, " s"]]:
-    """The paper's copier test: accuracy and loss with only `head`'s clamped output reaching the unembedding.
+def copier_sweep(model: CoopModel, batch: Batch, head: Head, s: Sequence[float] = S_VALUES,
+                 metrics: Sequence[str] = ("acc", "loss")) -> Scores:
+    """The paper's copier test: `metrics` with only `head`'s clamped output reaching the unembedding.
 
     Its values come from the clean run; its output at the query (plus the layer's output bias) is all that
     enters the final LayerNorm. All values of s in one pass.
@@ -73,8 +83,7 @@ def copier_sweep(model: CoopModel, batch: Batch, head: Head,
     row = clamp_row(batch, torch.tensor(list(s), dtype=stream.dtype, device=stream.device))
     z = torch.einsum("snt,ntd->snd", row, v)
     out = z @ engine.W_O[layer, h] + engine.b_out[layer]
-    scores = engine.score(engine.norm(engine.ln_final, out), batch)
-    return scores["acc"], scores["loss"]
+    return engine.score(engine.norm(engine.ln_final, out), batch, metrics)
 
 
 @torch.no_grad()
@@ -112,10 +121,10 @@ def _others(model: CoopModel, head: Head, ablate: Sequence[Head] | None) -> list
 
 @torch.no_grad()
 def clamp_sweep(model: CoopModel, batch: Batch, head: Head, s: Sequence[float] = S_VALUES,
-                ablate: Sequence[Head] | None = None, mode: str = "mean") -> tuple[Float[Tensor, " s"],
-                                                                                  Float[Tensor, " s"]]:
-    """Accuracy and loss with `head`'s query row clamped to each s, `ablate` heads (default: the rest of
-    its layer) ablated; all values of s in one batched pass."""
+                ablate: Sequence[Head] | None = None, mode: str = "mean",
+                metrics: Sequence[str] = ("acc", "loss")) -> Scores:
+    """`metrics` with `head`'s query row clamped to each s, `ablate` heads (default: the rest of its layer)
+    ablated; all values of s in one batched pass."""
     layer, h = check_head(head, model.cfg)
     check_mode(mode)
     engine = Engine(model)
@@ -135,8 +144,7 @@ def clamp_sweep(model: CoopModel, batch: Batch, head: Head, s: Sequence[float] =
 
     values = [replacement(z, mode) for z in clean_z]
     hidden, _ = engine.forward(resid, edit_z=masked_edit(masks, values), edit_pattern=edit_pattern)
-    scores = engine.score(hidden, batch)
-    return scores["acc"], scores["loss"]
+    return engine.score(hidden, batch, metrics)
 
 
 @torch.no_grad()
@@ -182,17 +190,19 @@ def skip_trigram_head(model: CoopModel, batch: Batch) -> int:
     return int(contrast.mean(0).argmax())
 
 
-def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
-    """CIWL accuracy and loss vs the clamp s for every last-layer head (the paper's protocol)."""
+def rows(model: CoopModel, batches: dict[str, Batch], options: Options = Options()) -> list[dict]:
+    """CIWL accuracy and logit difference (and loss, with `options.loss`) vs the clamp s for every last-layer head
+    (the paper's protocol)."""
     batch, layer = batches["ciwl"], model.cfg.n_layers - 1
+    metrics = ["acc", "logit_diff"] + ["loss"] * options.loss
     out = []
     for head in range(model.cfg.n_heads):
-        acc, ce = copier_sweep(model, batch, (layer, head))
-        for s, a, c in zip(S_VALUES, acc.tolist(), ce.tolist()):
+        scores = copier_sweep(model, batch, (layer, head), metrics=metrics)
+        for i, s in enumerate(S_VALUES):
             base = {"evaluator": "ciwl", "layer": layer, "head": head, "component": f"s={s:.2f}"}
-            out += [{**base, "metric": "acc", "value": a}, {**base, "metric": "loss", "value": c}]
+            out += [{**base, "metric": m, "value": v[i].item()} for m, v in scores.items()]
     return out
 
 
-ANALYSIS = Analysis("clamping", 1, rows, "the copier test: CIWL accuracy as a layer-1 head's attention to the true "
-                    "label is clamped")
+ANALYSIS = Analysis("clamping", 2, rows, "the copier test: CIWL accuracy as a layer-1 head's attention to the true "
+                    "label is clamped", options=Options)

@@ -168,11 +168,11 @@ def clamp_cmd(
         if len(parsed) != 1:
             raise ConfigError(f"--head takes one head, got {head!r}")
         chosen = parsed[0]
-    acc, ce = (copier_sweep if protocol == "paper" else clamp_sweep)(model, batch, chosen)
+    scores = (copier_sweep if protocol == "paper" else clamp_sweep)(model, batch, chosen)
     what = ("alone reaching the unembedding" if protocol == "paper" else "with the rest of its layer mean-ablated")
     table = _table(f"{run.name} step {step}: head {chosen[0]}.{chosen[1]} clamped, {what}",
                    ["s (attention on the true label)", "ciwl acc", "ciwl loss"])
-    for s, a, c in zip(S_VALUES, acc.tolist(), ce.tolist()):
+    for s, a, c in zip(S_VALUES, scores["acc"].tolist(), scores["loss"].tolist()):
         table.add_row(f"{s:.1f}", f"{a:.3f}", f"{c:.3f}")
     console.print(table)
     console.print("A copier's accuracy follows s: about 0 at s = 0 (it copies the wrong label), 0.5 at s = 0.5, "
