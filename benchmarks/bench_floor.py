@@ -36,9 +36,9 @@ def count_rows(run: ci.Run, step: int, n: int) -> dict[str, int]:
     seen = {"loss": 0, "argmax": 0, "context": 0}
     full_rows, context_logits = engine.full_rows, engine.Engine.context_logits
 
-    def counting_full(hidden, W_U, b_U, target, loss=True):
+    def counting_full(hidden, W_U, b_U, target, loss=True, top=True):
         seen["loss" if loss else "argmax"] += hidden.numel() // hidden.shape[-1]
-        return full_rows(hidden, W_U, b_U, target, loss)
+        return full_rows(hidden, W_U, b_U, target, loss, top)
 
     def counting_context(self, hidden, batch):
         seen["context"] += hidden.numel() // hidden.shape[-1]

@@ -23,9 +23,10 @@ import json
 import multiprocessing as mp
 import pkgutil
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -40,7 +41,7 @@ from rich.progress import (
 from ..cluster import ray_session
 from ..errors import ConfigError, CoopError
 from ..tables import concat, read_table, table, write_table
-from ..threads import default_workers
+from ..threads import default_workers, policy_threads
 from .forwards import CleanRun, clean_run, eval_batches, shared_forwards
 from .record import Analysis
 
@@ -189,18 +190,52 @@ def _step_frames(run, step: int, options: dict[str, dict | None], n: int, seed: 
     return frames, batches
 
 
+_worker_runs: dict[tuple, object] = {}  # a worker process's opened runs, reused by its later checkpoints
+
+
 def _worker_step(path: str, device: str, step: int, options: dict[str, dict | None], n: int, seed: int,
                  source: str | None, recompute: bool, cache_dir: str | None,
                  pattern: str | None) -> list[pd.DataFrame]:
-    """`_step_frames` in a worker process (it opens the run itself), under the thread policy (threads.py)."""
+    """`_step_frames` in a worker process (it opens the run itself, once), under the thread policy (threads.py)."""
     from ..runs import open_run
     from ..threads import apply
 
     apply()
-    run = open_run(path, device=device, pattern=pattern)
+    key = (path, device, pattern)
+    if key not in _worker_runs:
+        _worker_runs[key] = open_run(path, device=device, pattern=pattern)
+    run = _worker_runs[key]
     with torch.no_grad():
         cache = _Cache(run, n, seed, run.source_key(source), cache_dir)
         return _step_frames(run, step, options, n, seed, source, recompute, cache, None)[0]
+
+
+def _beside_a_pool(jobs: list[tuple], workers: int, here: Callable[[tuple], list[pd.DataFrame]],
+                   done: Callable[[int, list[pd.DataFrame]], None]) -> None:
+    """Compute `jobs` in `workers - 1` spawned processes and in this one, which has its imports loaded: a new
+    process spends ~10 s importing torch, transformer-lens and transformers before its first checkpoint. The
+    pool takes jobs from the front (two queued per process, so none waits for this one), this process from the back.
+    """
+    pending = deque(jobs)
+    # spawn, not fork: a forked child of a process that has run OpenMP code can hang
+    with ProcessPoolExecutor(workers - 1, mp_context=mp.get_context("spawn")) as pool:
+        running: dict = {}
+
+        def collect(block: bool) -> None:
+            finished, _ = wait(running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done(running.pop(future), future.result())
+            while pending and len(running) < 2 * (workers - 1):
+                job = pending.popleft()
+                running[pool.submit(_worker_step, *job)] = job[2]
+
+        collect(block=False)
+        while pending:
+            job = pending.pop()
+            done(job[2], here(job))
+            collect(block=False)
+        while running:
+            collect(block=True)
 
 
 def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[int] | None = None,
@@ -211,8 +246,8 @@ def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[in
     (default: every checkpoint): one tidy frame.
 
     Cached (step, analysis) tables whose key matches are reused (module docstring); `recompute` ignores them.
-    `workers` > 1 analyses that many checkpoints at once, each in its own process (one thread each, see
-    threads.py): on a machine with that many free cores, the whole run takes about 1/workers of the time (default:
+    `workers` > 1 analyses that many checkpoints at once: this process and workers - 1 spawned ones, one thread
+    each (threads.py): on a machine with that many free cores, the whole run takes about 1/workers of the time (default:
     `threads.default_workers()`, the cores this process may use, or COOPINTERP_WORKERS). Cached
     tables are read first; with fewer than two checkpoints per worker left to compute, they are computed here.
     `cache_dir` writes the cache there instead of RUN/analysis/ (which is still read): for runs not to be written.
@@ -262,12 +297,23 @@ def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[in
                                                        batches, cached_only)
                 bar.advance(task)
         else:
-            # spawn, not fork: a forked child of a process that has run OpenMP code can hang
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_worker_step, *job): job[2] for job in jobs}
-                for future in as_completed(futures):
-                    per_step[futures[future]] = future.result()
-                    bar.advance(task)
+            here_batches: dict = {}
+
+            def here(job: tuple) -> list[pd.DataFrame]:
+                frames, here_batches["b"] = _step_frames(run, job[2], per_analysis, n, seed, source, recompute,
+                                                         cache, here_batches.get("b"))
+                return frames
+
+            def done(step: int, frames: list[pd.DataFrame]) -> None:
+                per_step[step] = frames
+                bar.advance(task)
+
+            host_threads = torch.get_num_threads()  # this process computes too, under the policy while it does
+            torch.set_num_threads(policy_threads())
+            try:
+                _beside_a_pool(jobs, workers, here, done)
+            finally:
+                torch.set_num_threads(host_threads)
     out = concat([df for step in steps for df in per_step[step]])
     out["run"] = run.name
     out.attrs = {}

@@ -149,7 +149,7 @@ def final_stream(model: TokenModel | CoopModel, inputs: Tensor, fwd_hooks: Seque
 def stream_loss(model: TokenModel, hidden: Float[Tensor, "n pos d_model"], tokens: Int[Tensor, "n pos"],
                 first: int) -> Float[Tensor, "n scored"]:
     """`next_token_loss` from the unembedding's input, unembedding a block of rows at a time (no full logits)."""
-    ce, _ = full_rows(hidden[:, first:-1], model.bridge.W_U, model.bridge.b_U, tokens[:, first + 1:])
+    ce, _ = full_rows(hidden[:, first:-1], model.bridge.W_U, model.bridge.b_U, tokens[:, first + 1:], top=False)
     return ce
 
 
