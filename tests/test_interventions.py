@@ -121,18 +121,43 @@ def test_loss_rows_equal_cross_entropy_either_shift():
     torch.testing.assert_close(by_target, expected, rtol=1e-6, atol=1e-5)
 
 
-def test_screened_argmax_on_the_demo_checkpoints():
-    """iwl accuracy of every head's ablation on two of the shipped demo's checkpoints: the screen equals fp32."""
+def test_anchored_argmax_is_the_fp32_one(monkeypatch):
+    """Rows near their anchor row take its answer without an unembedding, far ones go to the screen; all equal fp32."""
+    g = torch.Generator().manual_seed(2)
+    d, labels, n = 16, 3000, 50
+    W, b = torch.randn(d, labels, generator=g), torch.randn(labels, generator=g)
+    anchor = 4 * torch.randn(n, d, generator=g)
+    target = torch.addmm(b, anchor, W).argmax(-1)
+    target[n // 2:] = torch.randint(0, labels, (n - n // 2,), generator=g)
+    scale = torch.tensor([1e-4, 1e-2, 1.0, 10.0])[:, None, None]  # sets: ever farther from the anchor
+    hidden = anchor + scale * torch.randn(4, n, d, generator=g)
+    expected = E.exact_rows(hidden.flatten(0, 1), W, b, target.repeat(4), loss=False)[1].view(4, n)
+    screened = []
+    screened_top = E.screened_top
+    monkeypatch.setattr(E, "screened_top", lambda flat, *a: screened.append(len(flat)) or screened_top(flat, *a))
+    _, is_top = E.full_rows(hidden, W, b, target, loss=False, anchor=anchor)
+    assert torch.equal(is_top, expected) and expected[0].any() and not expected[0].all()
+    assert n < sum(screened) < 3 * n  # the nearest two sets decided by the anchor, the farthest not
+
+
+def test_fast_argmax_on_the_demo_checkpoints():
+    """iwl accuracy of every head's ablation (screened) and of path patching (anchored, then screened) on two of the
+    shipped demo's checkpoints equals fp32's on every row."""
     run = ci.load_run(Path(__file__).resolve().parents[1] / "checkpoints" / "demo")
     for step in (run.steps[2], run.steps[-1]):
         model = run.model(step)
-        batch = ci.make_batch(run.config.task, "iwl", n=128, seed=1)
-        hidden = A.ablated_hidden(model, batch, [[head] for head in A.all_heads(model.cfg)], "mean")
+        batch = ci.make_batch(run.config.task, "iwl", n=64, seed=1)
         engine = E.Engine(model)
-        _, expected = E.exact_rows(hidden.flatten(0, 1), engine.W_U.contiguous(), engine.b_U,
-                                   batch.target.repeat(len(hidden)), loss=False)
-        _, screened = E.full_rows(hidden, engine.W_U, engine.b_U, batch.target, loss=False)
-        assert torch.equal(screened.flatten(), expected)
+        W_U = engine.W_U.contiguous()
+        groups = [[h] for h in range(model.cfg.n_heads)] + [list(range(model.cfg.n_heads))]
+        ablated = A.ablated_hidden(model, batch, [[head] for head in A.all_heads(model.cfg)], "mean")
+        patched = P.patched_hidden(model, batch, groups, groups)
+        anchor = engine.forward(model.residual(batch))[0]
+        for hidden, kwargs in ((ablated, {}), (patched, {"anchor": anchor})):
+            _, expected = E.exact_rows(hidden.reshape(-1, hidden.shape[-1]), W_U, engine.b_U,
+                                       batch.target.repeat(hidden[..., 0].numel() // len(batch)), loss=False)
+            _, fast = E.full_rows(hidden, engine.W_U, engine.b_U, batch.target, loss=False, **kwargs)
+            assert torch.equal(fast.flatten(), expected)
 
 
 @pytest.mark.parametrize("mode", E.MODES)

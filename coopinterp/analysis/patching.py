@@ -127,7 +127,9 @@ def path_patch(model: CoopModel, batch: Batch, senders: Sequence[Sequence[int]],
     engine = Engine(model)
     with torch.no_grad():
         hidden = patched_hidden(model, batch, senders, receivers, components, mode, direct, seed, engine, direct_path)
-        return engine.score(hidden, batch, metrics)
+        # the unpatched rows anchor iwl accuracy: most patched rows stay too close to them to change their answer
+        anchor = engine.forward(model.residual(batch), direct_path=direct_path)[0] if batch.evaluator == "iwl" else None
+        return engine.score(hidden, batch, metrics, anchor=anchor)
 
 
 def qkv_check(model: CoopModel, batch: Batch, mode: Mode = "zero", direct_path: str = "keep") -> dict[str, float]:
