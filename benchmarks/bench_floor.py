@@ -1,16 +1,18 @@
 """The whole-run analysis against its floor: what the analyses must compute, what this machine computes per
 second, and how long `analyze` takes from scratch.
 
-    python benchmarks/bench_floor.py [RUN] [--workers 1,2] [--busy]
+    python benchmarks/bench_floor.py [RUN] [--workers 2] [--busy]
 
 The floor: nearly all of the time is the unembedding of the intervened queries whose metric needs every label (the
-loss: a 64 x labels fp32 matmul and a log-sum-exp; iwl accuracy: a maximum, which the bf16 screen decides at the
-bf16 matmul's rate); in-context accuracy and the logit difference read only the context labels' logits. The script
-counts the rows of each kind on one checkpoint (wrapping `engine.full_rows` and `Engine.context_logits`), measures
-this machine's fp32 matmul and exp rates on blocks of `exact_rows`'s shape and the bf16 matmul rate on blocks of the
-screen's, and reports floor = loss rows x (1 / fp32 rate + 1 / exp rate) + argmax rows / bf16 rate for the whole
-run, per core and for the cores used; then it times
-`analyze` from scratch (a copy of the run without its cache) with each worker count and prints the ratio.
+loss: a 64 x labels fp32 matmul and a log-sum-exp; iwl accuracy: a maximum, which an anchor row decides without
+any unembedding for most of path patching's rows, and the bf16 screen at the bf16 matmul's rate for the rest);
+in-context accuracy and the logit difference read only the context labels' logits. The script runs every default
+analysis on every checkpoint in this process (one core; timed), counting the rows of each kind (wrapping
+`engine.full_rows`, `engine.screened_top` and `Engine.context_logits`), measures this machine's fp32 matmul and exp
+rates on blocks of `exact_rows`'s shape and the bf16 matmul rate on blocks of the screen's, and reports floor =
+loss rows x (1 / fp32 rate + 1 / exp rate) + screened rows / bf16 rate for the whole run, per core and for the
+cores used; then it times `analyze` from scratch (a copy of the run without its cache) with each worker count and
+prints the ratio.
 """
 from __future__ import annotations
 
@@ -24,34 +26,44 @@ import torch
 from common import busy_neighbour, loadavg
 
 import coopinterp as ci
-from coopinterp.analysis import default_analyses, engine, eval_batches, registry
+from coopinterp.analysis import default_analyses, engine, eval_batches, registry, shared_forwards
 from coopinterp.analysis import _compute as compute_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def count_rows(run: ci.Run, step: int, n: int) -> dict[str, int]:
-    """Rows of one checkpoint's analyses by what they need: the full unembedding with the loss's log-sum-exp,
-    the full unembedding for an argmax alone (iwl accuracy), or only the context labels' logits."""
-    seen = {"loss": 0, "argmax": 0, "context": 0}
-    full_rows, context_logits = engine.full_rows, engine.Engine.context_logits
+def count_rows(run: ci.Run, n: int) -> tuple[dict[str, int], float]:
+    """Rows of every checkpoint's analyses by what they need: the full unembedding with the loss's log-sum-exp,
+    an argmax over every label (iwl accuracy; of those, the rows its anchor leaves to the bf16 screen), or only
+    the context labels' logits; and the seconds it took in this process."""
+    seen = {"loss": 0, "argmax": 0, "screened": 0, "context": 0}
+    full_rows, screened_top, context_logits = engine.full_rows, engine.screened_top, engine.Engine.context_logits
 
-    def counting_full(hidden, W_U, b_U, target, loss=True, top=True):
+    def counting_full(hidden, W_U, b_U, target, loss=True, top=True, anchor=None):
         seen["loss" if loss else "argmax"] += hidden.numel() // hidden.shape[-1]
-        return full_rows(hidden, W_U, b_U, target, loss, top)
+        return full_rows(hidden, W_U, b_U, target, loss, top, anchor)
+
+    def counting_screen(flat, W_U, b_U, target):
+        seen["screened"] += len(flat)
+        return screened_top(flat, W_U, b_U, target)
 
     def counting_context(self, hidden, batch):
         seen["context"] += hidden.numel() // hidden.shape[-1]
         return context_logits(self, hidden, batch)
 
-    engine.full_rows, engine.Engine.context_logits = counting_full, counting_context
+    engine.full_rows, engine.screened_top, engine.Engine.context_logits = (counting_full, counting_screen,
+                                                                          counting_context)
+    t0 = time.perf_counter()
     try:
         batches = eval_batches(run.config.task, n, 0)
-        for name in default_analyses():
-            compute_rows(run, step, name, batches, registry()[name].parse(None))
+        for step in run.steps:
+            with shared_forwards():
+                for name in default_analyses():
+                    compute_rows(run, step, name, batches, registry()[name].parse(None))
     finally:
-        engine.full_rows, engine.Engine.context_logits = full_rows, context_logits
-    return seen
+        engine.full_rows, engine.screened_top, engine.Engine.context_logits = (full_rows, screened_top,
+                                                                              context_logits)
+    return seen, time.perf_counter() - t0
 
 
 def rates(d_model: int, labels: int, repeats: int = 400) -> dict[str, float]:
@@ -80,7 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", nargs="?", type=Path, default=REPO / "checkpoints" / "demo")
     ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--workers", default="2")
     ap.add_argument("--busy", action="store_true", help="time beside a busy neighbour")
     ap.add_argument("--checkpoints", type=int, default=None,
                     help="time only the last K checkpoints and scale to the whole run (default: all)")
@@ -88,21 +100,23 @@ def main() -> None:
     run = ci.load_run(args.run)
     cfg = run.config
     print(f"load before: {loadavg()}; threads per process: {torch.get_num_threads()}")
-    rows = count_rows(run, run.steps[-1], args.n)
+    rows, one_process = count_rows(run, args.n)
     K = len(run.steps)
     r = rates(cfg.model.d_model, cfg.task.labels)
     flops = 2 * cfg.model.d_model * cfg.task.labels
-    full = (rows["loss"] + rows["argmax"]) * K
-    print(f"per checkpoint: {rows['loss']:,} rows need the loss (full unembedding + log-sum-exp), "
-          f"{rows['argmax']:,} an argmax over every label (iwl accuracy), {rows['context']:,} only the context "
-          f"labels' logits; x {K} checkpoints: {full * flops / 1e12:.1f} TFLOP of unembedding and "
-          f"{rows['loss'] * K * cfg.task.labels / 1e9:.0f} G exps")
+    print(f"{K} checkpoints: {rows['loss']:,} rows need the loss (full unembedding + log-sum-exp), "
+          f"{rows['argmax']:,} an argmax over every label (iwl accuracy; {rows['screened']:,} of them left by their "
+          f"anchor to the bf16 screen), {rows['context']:,} only the context labels' logits: "
+          f"{(rows['loss'] + rows['screened']) * flops / 1e12:.1f} TFLOP of unembedding and "
+          f"{rows['loss'] * cfg.task.labels / 1e9:.0f} G exps")
     for name, rate in r.items():
         extra = f" ({rate * flops / 1e9:.0f} GFLOP/s)" if name.startswith("matmul") else ""
         print(f"  one core: {rate:,.0f} rows/s {name}{extra}")
-    per_core = rows["loss"] * K * (1 / r["matmul fp32"] + 1 / r["exp fp32"]) + rows["argmax"] * K / r["matmul bf16"]
-    print(f"floor (fp32 matmul + exp of the loss rows, bf16 matmul of the argmax rows, one core): {per_core:.0f} s; "
+    per_core = rows["loss"] * (1 / r["matmul fp32"] + 1 / r["exp fp32"]) + rows["screened"] / r["matmul bf16"]
+    print(f"floor (fp32 matmul + exp of the loss rows, bf16 matmul of the screened rows, one core): {per_core:.0f} s; "
           f"on 2 cores: {per_core / 2:.0f} s")
+    print(f"every analysis in this process (one core, imports and model code loaded): {one_process:.0f} s = "
+          f"{one_process / per_core:.1f} x the floor for one core")
     timed_steps = run.steps[-args.checkpoints:] if args.checkpoints else run.steps
     for workers in (int(w) for w in args.workers.split(",")):
         with tempfile.TemporaryDirectory() as tmp, busy_neighbour(args.busy):

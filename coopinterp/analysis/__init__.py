@@ -214,24 +214,30 @@ def _beside_a_pool(jobs: list[tuple], workers: int, here: Callable[[tuple], list
                    done: Callable[[int, list[pd.DataFrame]], None]) -> None:
     """Compute `jobs` in `workers - 1` spawned processes and in this one, which has its imports loaded: a new
     process spends ~10 s importing torch, transformer-lens and transformers before its first checkpoint. The
-    pool takes jobs from the front (two queued per process, so none waits for this one), this process from the back.
+    pool takes jobs from the front, two queued per process so that none waits for this one; this process takes
+    them from the back, and at the end the queued ones no worker has started.
     """
     pending = deque(jobs)
     # spawn, not fork: a forked child of a process that has run OpenMP code can hang
     with ProcessPoolExecutor(workers - 1, mp_context=mp.get_context("spawn")) as pool:
-        running: dict = {}
+        running: dict = {}  # future -> job
 
         def collect(block: bool) -> None:
             finished, _ = wait(running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
             for future in finished:
-                done(running.pop(future), future.result())
+                done(running.pop(future)[2], future.result())
             while pending and len(running) < 2 * (workers - 1):
                 job = pending.popleft()
-                running[pool.submit(_worker_step, *job)] = job[2]
+                running[pool.submit(_worker_step, *job)] = job
 
         collect(block=False)
-        while pending:
-            job = pending.pop()
+        while True:
+            if pending:
+                job = pending.pop()
+            else:  # a queued job no worker has started yet, if any
+                job = next((running.pop(future) for future in list(running) if future.cancel()), None)
+                if job is None:
+                    break
             done(job[2], here(job))
             collect(block=False)
         while running:
