@@ -58,7 +58,7 @@ def test_the_guard_catches_a_mix():
 ])
 def test_analyses_stay_on_the_model_device(meta, name, call):
     model, batches = meta
-    # the bf16 argmax screen rechecks the rows it cannot decide (a boolean index), which meta can only stand in for
+    # the iwl argmax picks the rows its anchor or screen cannot decide by a boolean index, which meta only stands in for
     with torch.no_grad(), SameDevice(), torch.fx.experimental._config.patch(meta_nonzero_assume_all_nonzero=True):
         out = call(model, batches)
     leaves = [t for t in _pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]

@@ -93,6 +93,7 @@ def test_screened_argmax_is_the_fp32_one(monkeypatch, bias):
     target[:100] = 0
     target[300:] = torch.randint(0, labels, (n - 300,), generator=g)  # mostly not the top
     expected = E.exact_rows(h, W, b, target, loss=False)[1]
+    monkeypatch.setattr(E, "bf16_is_fast", lambda device_type: True)  # screen even where bf16 is slow
     rechecked = []
     exact_rows = E.exact_rows
     monkeypatch.setattr(E, "exact_rows", lambda flat, *a, **k: rechecked.append(len(flat)) or exact_rows(flat, *a, **k))
@@ -132,6 +133,7 @@ def test_anchored_argmax_is_the_fp32_one(monkeypatch):
     scale = torch.tensor([1e-4, 1e-2, 1.0, 10.0])[:, None, None]  # sets: ever farther from the anchor
     hidden = anchor + scale * torch.randn(4, n, d, generator=g)
     expected = E.exact_rows(hidden.flatten(0, 1), W, b, target.repeat(4), loss=False)[1].view(4, n)
+    monkeypatch.setattr(E, "bf16_is_fast", lambda device_type: True)
     screened = []
     screened_top = E.screened_top
     monkeypatch.setattr(E, "screened_top", lambda flat, *a: screened.append(len(flat)) or screened_top(flat, *a))
@@ -140,9 +142,11 @@ def test_anchored_argmax_is_the_fp32_one(monkeypatch):
     assert n < sum(screened) < 3 * n  # the nearest two sets decided by the anchor, the farthest not
 
 
-def test_fast_argmax_on_the_demo_checkpoints():
-    """iwl accuracy of every head's ablation (screened) and of path patching (anchored, then screened) on two of the
-    shipped demo's checkpoints equals fp32's on every row."""
+@pytest.mark.parametrize("bf16", [True, False])
+def test_fast_argmax_on_the_demo_checkpoints(monkeypatch, bf16):
+    """iwl accuracy of every head's ablation (screened, or not where bf16 is slow) and of path patching (anchored,
+    then screened or not) on two of the shipped demo's checkpoints equals fp32's on every row."""
+    monkeypatch.setattr(E, "bf16_is_fast", lambda device_type: bf16)
     run = ci.load_run(Path(__file__).resolve().parents[1] / "checkpoints" / "demo")
     for step in (run.steps[2], run.steps[-1]):
         model = run.model(step)

@@ -21,6 +21,7 @@ memorisation), `"keep"` leaves the model as it is.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -255,8 +256,9 @@ def full_rows(hidden: Float[Tensor, "... d_model"], W_U: Float[Tensor, "d_model 
 
     The loss unembeds every row in fp32 (`exact_rows`). Whether the target is on top, alone, is decided without
     any unembedding for the rows that stay close to their `anchor` row (the last leading dim indexes the anchor's
-    rows; `anchored_top`), and screened in bf16 for the rest (`screened_top`, ~2x faster per row than fp32). Both
-    give exactly the fp32 answer: each decides only rows whose margin exceeds a proven bound on its error.
+    rows; `anchored_top`), and the rest are screened in bf16 where bf16 is fast (`screened_top`), else unembedded
+    in fp32. All give exactly the fp32 answer: the first two decide only rows whose margin exceeds a proven bound
+    on their error.
     """
     lead = hidden.shape[:-1]
     W_U = W_U.contiguous()  # the bridge's [labels, d_model] weight transposed: ~10% slower in addmm as a view
@@ -271,8 +273,22 @@ def full_rows(hidden: Float[Tensor, "... d_model"], W_U: Float[Tensor, "d_model 
     else:  # the target of every set's row i is anchor row i's (`Engine.score` passes the batch's [n] targets)
         decided, is_top = anchored_top(hidden, W_U, b_U, target.reshape(-1, len(anchor))[0], anchor)
     rest = ~decided
-    is_top[rest] = screened_top(hidden[rest], W_U, b_U, target[rest])
+    if bf16_is_fast(hidden.device.type):
+        is_top[rest] = screened_top(hidden[rest], W_U, b_U, target[rest])
+    else:
+        is_top[rest] = exact_rows(hidden[rest], W_U, b_U, target[rest], loss=False)[1]
     return None, is_top
+
+
+@functools.cache
+def bf16_is_fast(device_type: str) -> bool:
+    """Whether a bf16 matmul outruns fp32's here, so that `screened_top` pays: on CUDA, and on a CPU with AMX or
+    AVX512-BF16 instructions (AMX: ~4x fp32 from 128 rows). Elsewhere bf16 is emulated: 1.5 vs 59 GFLOP/s fp32 on
+    an AVX2 CPU. torch says what the CPU has only through these private checks, hence the fallback."""
+    if device_type == "cuda":
+        return True
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return device_type == "cpu" and any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def anchored_top(hidden: Float[Tensor, "... n d_model"], W_U: Float[Tensor, "d_model labels"],
