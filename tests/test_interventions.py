@@ -103,23 +103,28 @@ def test_screened_argmax_is_the_fp32_one(monkeypatch, bias):
     assert 100 <= sum(rechecked) <= 250  # the ties, and fewer than a third of the others
 
 
-def test_loss_rows_equal_cross_entropy_either_shift():
-    """The log-sum-exp shifted by the row maximum (with `top`) or by the target's logit (without), including a row
-    whose best label beats the target by far more than exp can take (redone with the maximum)."""
+def test_loss_rows_are_cross_entropy_and_argmax():
+    """Blocked rows give fp64's cross-entropy to fp32 rounding, with or without the argmax, including a row whose
+    best label beats the target by far more than exp can take, and the argmax counts ties as the target's."""
     g = torch.Generator().manual_seed(1)
     W, b = torch.randn(16, 3000, generator=g), torch.randn(3000, generator=g)
     h = 3 * torch.randn(300, 16, generator=g)
     h[0] = 30 * W[:, 5]
     target = torch.randint(0, 3000, (300,), generator=g)
     target[0] = (h[0] @ W + b).argmin()
-    logits = h @ W + b
-    expected = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    top_label = int((h[1] @ W + b).argmax())
+    twin = (top_label + 1) % 3000
+    W[:, twin], b[twin] = W[:, top_label], b[top_label]
+    target[1] = twin  # tied with the top label
+    logits = h.double() @ W.double() + b.double()
+    expected = torch.nn.functional.cross_entropy(logits, target, reduction="none").float()
     assert expected[0] > 200
-    by_max, is_top = E.full_rows(h, W, b, target)
-    by_target, none = E.full_rows(h, W, b, target, top=False)
-    assert none is None and torch.equal(is_top, logits.gather(1, target[:, None])[:, 0] >= logits.amax(-1))
-    torch.testing.assert_close(by_max, expected, rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(by_target, expected, rtol=1e-6, atol=1e-5)
+    with_top, is_top = E.full_rows(h, W, b, target)
+    alone, none = E.full_rows(h, W, b, target, top=False)
+    on_top = logits.gather(1, target[:, None])[:, 0] >= logits.amax(-1)
+    assert none is None and is_top[1] and torch.equal(is_top, on_top)
+    torch.testing.assert_close(with_top, expected, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(alone, expected, rtol=1e-6, atol=1e-5)
 
 
 def test_anchored_argmax_is_the_fp32_one(monkeypatch):
