@@ -282,11 +282,10 @@ def full_rows(hidden: Float[Tensor, "... d_model"], W_U: Float[Tensor, "d_model 
 
 @functools.cache
 def bf16_is_fast(device_type: str) -> bool:
-    """Whether a bf16 matmul outruns fp32's here, so that `screened_top` pays: on CUDA, and on a CPU with AMX or
-    AVX512-BF16 instructions (AMX: ~4x fp32 from 128 rows). Elsewhere bf16 is emulated: 1.5 vs 59 GFLOP/s fp32 on
-    an AVX2 CPU. torch says what the CPU has only through these private checks, hence the fallback."""
-    if device_type == "cuda":
-        return True
+    """Whether `screened_top` pays and its bound holds here: on a CPU with AMX or AVX512-BF16 instructions (AMX:
+    ~4x fp32 from 128 rows; oneDNN accumulates in fp32). Elsewhere on CPUs bf16 is emulated (1.5 vs 59 GFLOP/s
+    fp32 on an AVX2 CPU); on CUDA, cuBLAS may reduce in bf16 (`allow_bf16_reduced_precision_reduction`), which the
+    bound does not cover, and fp32 is fast anyway. torch says what the CPU has only through private checks."""
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return device_type == "cpu" and any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
