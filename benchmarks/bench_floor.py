@@ -9,7 +9,8 @@ any unembedding for most of path patching's rows, and a matmul for the rest: the
 else fp32's); in-context accuracy and the logit difference read only the context labels' logits. The script runs
 every default analysis on every checkpoint in this process (one core; timed), counting the rows of each kind
 (wrapping `engine.full_rows`, `engine.anchored_top` and `Engine.context_logits`), measures this machine's fp32 matmul
-and exp rates on blocks of `exact_rows`'s shape and the bf16 matmul rate on blocks of the screen's, and reports
+and exp rates on blocks of `exact_rows`'s shape and, where bf16 is fast, the bf16 matmul rate on blocks of the
+screen's, and reports
 floor = loss rows x (1 / fp32 rate + 1 / exp rate) + unembedded argmax rows / (bf16 or fp32) rate for the whole
 run, per core and for the cores used; then it times `analyze` from scratch (a copy of the run without its cache)
 with each worker count and prints the ratio.
