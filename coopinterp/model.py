@@ -6,7 +6,7 @@ continuous, so the residual stream is built here and fed in with `start_at_layer
 embedding step; positions are therefore added here, from the bridge's own `pos_embed` weight.
 
 Training and logging use `fast_logits`, a plain-torch forward over the very same parameter tensors:
-the bridge's hook wrappers cost ~2x per training step (measured, see README) and training needs no hooks.
+the bridge's hook wrappers cost ~2x per training step (measured: docs/speed.md) and training needs no hooks.
 A test keeps the two forwards equal.
 """
 from __future__ import annotations

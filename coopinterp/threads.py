@@ -7,7 +7,7 @@ torch's default (one OpenMP thread per core, spinning while it waits) is the wor
 with one of two cores busy with another process, a 32 x 64 x 12,800 matmul took 16 ms with 2 threads against
 0.8 ms with 1, and a tiny training run 161 s against 1.4 s. coopinterp's work comes in small pieces (a training
 step, one checkpoint's batched interventions), where a second thread gains little even on an idle machine
-(README, "Speed"), so every coopinterp process uses ONE thread and a passive OpenMP wait policy by default; to
+(docs/speed.md), so every coopinterp process uses ONE thread and a passive OpenMP wait policy by default; to
 use more cores, run several processes (`train --seeds`, `sweep --workers`).
 
 Overrides, in order: COOPINTERP_THREADS=N; else the user's own OMP_NUM_THREADS; else 1. OMP_WAIT_POLICY is

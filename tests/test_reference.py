@@ -4,13 +4,13 @@ import typer.main
 
 from coopinterp.cli import app, reference
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
-def test_readme_cli_reference_is_the_generated_one():
-    # After adding or changing a command or option, regenerate README's CLI reference with
-    #     python -m coopinterp.cli.reference --write README.md
-    assert reference.section(README) == reference.markdown()
+def test_docs_cli_reference_is_the_generated_one():
+    # After adding or changing a command or option, regenerate docs/cli.md's CLI reference with
+    #     python -m coopinterp.cli.reference --write docs/cli.md
+    assert reference.section(CLI_DOC) == reference.markdown()
 
 
 def test_the_reference_lists_every_option_of_every_command():
