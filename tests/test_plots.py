@@ -71,6 +71,44 @@ def vlines(fig):
     return sorted({s.x0 for s in fig.layout.shapes if s.type == "line" and s.x0 == s.x1 and s.yref.endswith("domain")})
 
 
+def head_lines_of(fig, panel):
+    """label -> trace of the per-head lines on one subplot (`panel`: its x axis); grey lines ("other heads") are
+    named by their hover text, which starts with the head's label."""
+    return {t.hovertemplate.split("<br>")[0]: t for t in fig.data
+            if t.xaxis == panel and t.hovertemplate and t.hovertemplate.startswith("L")}
+
+
+def assert_lines_are_rows(fig, panel, rows, x="step"):
+    """Every head of `rows` (one metric, one evaluator) is one line on `panel` and nothing else is: its x the
+    checkpoints after step 0 (log axis), its y the rows' values there, in step order."""
+    rows = rows[rows.step > 0].sort_values("step")
+    want = {plots.head_label(int(layer), int(head)): g for (layer, head), g in rows.groupby(["layer", "head"])}
+    drawn = head_lines_of(fig, panel)
+    assert set(drawn) == set(want), panel
+    for label, g in want.items():
+        assert list(drawn[label].x) == list(g[x]), (panel, label)
+        assert list(drawn[label].y) == pytest.approx(list(g.value), abs=1e-12), (panel, label)
+
+
+def per_head_rows(table, analysis, metric, **equal):
+    rows = table[(table.analysis == analysis) & (table.metric == metric) & table.layer.notna()
+                 & table["head"].notna() & table.src_head.isna()]
+    for column, value in equal.items():
+        rows = rows[rows[column] == value]
+    assert len(rows), (analysis, metric, equal)
+    return rows
+
+
+def assert_heatmap_is_rows(fig, rows):
+    """A head x checkpoint heatmap's cell (row of head LxHy, column of step s) is that head's value at s."""
+    hm, labels = fig.data[0], list(fig.layout.yaxis.ticktext)
+    steps = [int(t.replace(",", "")) for t in fig.layout.xaxis.ticktext]
+    assert hm.z.shape == (len(labels), len(steps)) and len(rows) == hm.z.size
+    for layer, head, step, value in zip(rows.layer, rows["head"], rows.step, rows.value):
+        assert hm.z[labels.index(plots.head_label(int(layer), int(head))), steps.index(int(step))] == \
+            pytest.approx(value, abs=1e-12)
+
+
 def test_phases_found_from_behavior(table):
     marks = plots.phases(table)
     assert [(m.name, m.step, m.seqs_seen) for m in marks] == [("icl_peak", 300, 9600), ("ciwl_overtakes", 3000, 96000)]
@@ -102,9 +140,17 @@ def test_behavior_figure_log_axis_without_step0_and_phase_lines(table):
 def test_holdout_evaluators_dashed(table):
     extra = table[(table.analysis == "behavior") & (table.evaluator == "icl")].copy()
     extra["evaluator"] = "icl/holdout"
-    fig = plots.behavior_figure(tables.concat([table, extra]))
+    extra["value"] -= 0.25  # held-out classes: lower than icl, so that the two lines cannot be confused
+    both = tables.concat([table, extra])
+    fig = plots.behavior_figure(both)
     holdout = [t for t in fig.data if t.name == "icl holdout"]
     assert len(holdout) == 1 and holdout[0].line.dash == "dash"
+    assert list(holdout[0].x) == list(STEPS[1:]) and list(holdout[0].y) == pytest.approx([v - 0.25 for v in ICL[1:]])
+    assert {t.name for t in fig.data} == {"train", "icl", "ciwl", "flip", "iwl", "icl holdout"}
+    for trace in fig.data:  # every line is its evaluator's accuracy rows after step 0
+        rows = both[(both.analysis == "behavior") & (both.metric == "acc") & (both.step > 0)
+                    & (both.evaluator == trace.name.replace(" ", "/"))].sort_values("step")
+        assert list(trace.x) == list(rows.step) and list(trace.y) == pytest.approx(list(rows.value)), trace.name
 
 
 def test_layer_figures_one_line_per_head_and_metric(table):
@@ -118,6 +164,11 @@ def test_layer_figures_one_line_per_head_and_metric(table):
     assert [t.name for t in fig1.data[:HEADS]] == ["L1H0", "L1H1", "L1H2"]
     assert fig1.data[0].y[0] == pytest.approx(0.51)  # induction strength of L1H0 at step 100
     assert fig1.layout.yaxis.title.text.startswith("attention difference")  # a difference, not a weight
+    for figure, layer, panels in ((fig, 0, ("prev_token_score", "self_score")),
+                                  (fig1, 1, ("induction_strength", "skip_trigram_score"))):
+        for panel, metric in zip(("x", "x2"), panels):
+            assert_lines_are_rows(figure, panel, per_head_rows(table, "attention", metric, layer=layer))
+    assert list(head_lines_of(fig1, "x2")["L1H2"].y) == pytest.approx([1.2 + i / 100 for i in range(1, len(STEPS))])
 
 
 def test_head_heatmap_shape_values_and_phase_columns(table):
@@ -125,6 +176,7 @@ def test_head_heatmap_shape_values_and_phase_columns(table):
     hm = fig.data[0]
     assert list(fig.layout.yaxis.ticktext) == ["L0H0", "L0H1", "L0H2", "L1H0", "L1H1", "L1H2"]
     assert hm.z.shape == (2 * HEADS, len(STEPS)) and hm.z[4, 2] == pytest.approx(0.62)
+    assert_heatmap_is_rows(fig, per_head_rows(table, "attention", "induction_strength"))
     assert list(fig.layout.xaxis.ticktext) == [f"{s:,}" for s in STEPS]
     assert vlines(fig) == [2, 4]  # columns of steps 300 and 3000
     late = plots.head_heatmap(table, "attention", "self_score", marks=[plots.Phase("late", 99_000, 0, "late")])
@@ -138,6 +190,10 @@ def test_ablation_figure_is_change_from_clean(table):
     by_name = {(t.name, t.xaxis): t for t in fig.data}
     assert list(by_name[("L1H2", "x")].y) == pytest.approx([-0.2] * (len(STEPS) - 1))
     assert by_name[("L0H0", "x")].line.dash == "dot" and by_name[("L1H0", "x")].line.dash == "solid"
+    for panel, ev, clean in (("x", "icl", ICL), ("x2", "ciwl", CIWL)):  # ablated minus the clean accuracy
+        rows = per_head_rows(table, "ablation", "acc", evaluator=ev)
+        rows = rows.assign(value=rows.value - rows.step.map(dict(zip(STEPS, clean))))
+        assert_lines_are_rows(fig, panel, rows)
     assert "ablated − clean" in fig.layout.yaxis.title.text
     raw = plots.ablation_figure(table[table.analysis != "behavior"])
     assert raw.data[0].y[0] == pytest.approx(ICL[1]) and "with the head ablated" in raw.layout.yaxis.title.text
@@ -282,9 +338,17 @@ def test_llc_figures(table):
     assert list(whole.error_y.array) == [1.0] * 5
     head_lines = {t.name for t in fig.data if t.yaxis == "y3"}
     assert head_lines == {plots.head_label(layer, h) for layer in range(2) for h in range(HEADS)}
+    assert_lines_are_rows(fig, "x3", per_head_rows(both, "llc", "rllc"))
+    assert list(head_lines_of(fig, "x3")["L1H2"].y) == pytest.approx([0.3, 0.03, 3.0, 0.3, 0.03])
     assert len(vlines(fig)) == 2  # the ICL peak and the CIWL takeover
     heat = figs["rllc_heatmap"].data[0]
     assert heat.z[0, 1] == pytest.approx(-1.0) and heat.customdata[1, 1, 1] == pytest.approx(0.2)  # log10, value
+    rllc = per_head_rows(both, "llc", "rllc")
+    labels, steps = list(figs["rllc_heatmap"].layout.yaxis.ticktext), list(STEPS)
+    for layer, head, step, value in zip(rllc.layer, rllc["head"], rllc.step, rllc.value):
+        row, col = labels.index(plots.head_label(int(layer), int(head))), steps.index(step)
+        assert heat.customdata[row, col, 1] == pytest.approx(value) and heat.z[row, col] == pytest.approx(
+            math.log10(value))
     assert {"llc", "rllc_heatmap"} <= set(plots.figures(table)[1])  # no llc rows: skipped with a reason
 
 
@@ -303,18 +367,43 @@ def test_every_figure_scales_to_3_layers_of_12_heads(wide):
     middle = figs["layer1_attention"]
     assert {t.xaxis for t in middle.data} == {"x", "x2", "x3", "x4"}
     assert {t.xaxis for t in figs["layer0_attention"].data} == {"x", "x2"}
+    for panel, metric in zip(("x", "x2", "x3", "x4"), ("prev_token_score", "self_score", "induction_strength",
+                                                        "skip_trigram_score")):
+        assert_lines_are_rows(middle, panel, per_head_rows(wide, "attention", metric, layer=1))
     heat = figs["induction_heatmap"]
     assert heat.data[0].z.shape == (36, len(STEPS)) and len(heat.layout.yaxis.ticktext) == 36
     assert len([s for s in heat.layout.shapes if s.y0 == s.y1]) == 2  # a rule between each pair of layers
+    assert_heatmap_is_rows(heat, per_head_rows(wide, "attention", "induction_strength"))
     composition = figs["composition"].data[0]
     assert composition.z.shape == (24, 24)  # layers 0-1 write, layers 1-2 read
     assert list(composition.y[:2]) == ["L0H0", "L0H1"] and list(composition.x[-1:]) == ["L2H11"]
+    # each cell is its own row: values that name their writer, reader, mode and step, drawn one step at a time
+    coded = wide[wide.analysis == "composition"].copy()
+    pair = coded.src_layer.notna()
+    coded.loc[pair, "value"] = (coded.src_layer * 1000 + coded.src_head * 100 + coded.layer * 10 + coded["head"]
+                                + coded.metric.map({"q_composition": 0.1, "k_composition": 0.2, "v_composition": 0.3})
+                                + coded.step / 1e6)[pair]
+    fig = plots.composition_figure(coded)
+    assert len(fig.data) == 3 * len(STEPS)
+    for i, trace in enumerate(fig.data):
+        step, mode = STEPS[i // 3], "qkv"[i % 3]
+        rows = coded[(coded.step == step) & (coded.metric == f"{mode}_composition")]
+        y, x = list(trace.y), list(trace.x)
+        for sl, s, dl, d, value in zip(rows.src_layer, rows.src_head, rows.layer, rows["head"], rows.value):
+            assert trace.z[y.index(plots.head_label(int(sl), int(s)))][x.index(plots.head_label(int(dl), int(d)))] \
+                == pytest.approx(value, abs=1e-9), (step, mode, sl, s, dl, d)
+        assert sum(v == v for row in trace.z for v in row) == len(rows)  # every other cell empty (NaN)
 
 
 def test_crowded_panels_colour_only_the_salient_heads(wide):
     fig = plots.ablation_figure(wide)
     coloured = {t.name for t in fig.data if t.name != "other heads"}
     assert coloured == {"L2H7", "L0H3"}
+    for panel, ev, clean in (("x", "icl", ICL), ("x2", "ciwl", CIWL)):  # grey lines too: ablated minus clean
+        rows = per_head_rows(wide, "ablation", "acc", evaluator=ev)
+        assert_lines_are_rows(fig, panel, rows.assign(value=rows.value - rows.step.map(dict(zip(STEPS, clean)))))
+    assert list(head_lines_of(fig, "x2")["L2H7"].y) == pytest.approx([-0.4] * (len(STEPS) - 1))
+    assert list(head_lines_of(fig, "x")["L1H5"].y) == pytest.approx([0.005] * (len(STEPS) - 1))  # a grey one
     grey = [t for t in fig.data if t.name == "other heads"]
     assert len(grey) == 2 * (36 - 2) and sum(bool(t.showlegend) for t in grey) == 1  # one legend entry for them
     assert "grey: the other heads" in fig.layout.legend.title.text
