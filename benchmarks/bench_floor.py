@@ -28,7 +28,7 @@ from common import busy_neighbour, loadavg
 
 import coopinterp as ci
 from coopinterp.analysis import default_analyses, engine, eval_batches, registry, shared_forwards
-from coopinterp.analysis import _compute as compute_rows
+from coopinterp.analysis.executors import compute as compute_rows
 
 REPO = Path(__file__).resolve().parents[1]
 

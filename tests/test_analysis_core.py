@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import coopinterp as ci
 import coopinterp.analysis as an
-from coopinterp.analysis import attention, behavior, composition
+from coopinterp.analysis import attention, behavior, composition, executors
 from coopinterp.analysis.engine import Engine
 from coopinterp.cli import app
 from coopinterp.tables import COLUMNS, read_table
@@ -212,12 +212,12 @@ def test_random_baseline_is_one_over_sqrt_d_model():
 
 def _counting(monkeypatch) -> list:
     calls = []
-    compute = an._compute
+    compute = executors.compute
 
     def counted(run, step, analysis, batches, options):
         calls.append((step, analysis))
         return compute(run, step, analysis, batches, options)
-    monkeypatch.setattr(an, "_compute", counted)
+    monkeypatch.setattr(executors, "compute", counted)
     return calls
 
 
@@ -283,7 +283,7 @@ def test_stale_or_corrupt_cache_is_recomputed(run_copy, monkeypatch):
     assert len(calls) == 2
     ci.analyze(run_copy, ["behavior"], steps=[step], n=32, progress=False, recompute=True)
     assert len(calls) == 3
-    path = an._Cache(run_copy, 32, 0, None).path(step, "behavior")
+    path = an.Cache(run_copy, 32, 0, None).path(step, "behavior")
     path.write_bytes(b"not parquet")
     again = ci.analyze(run_copy, ["behavior"], steps=[step], n=32, progress=False)
     assert len(calls) == 4
@@ -291,11 +291,11 @@ def test_stale_or_corrupt_cache_is_recomputed(run_copy, monkeypatch):
 
 
 def test_cache_key_follows_task_and_model_not_training_settings(run_copy):
-    key = an._Cache(run_copy, 32, 0, None).config_hash
+    key = an.Cache(run_copy, 32, 0, None).config_hash
     extended = dataclasses.replace(run_copy, config=run_copy.config.replace(train={"steps": 10 * run_copy.steps[-1]}))
-    assert an._Cache(extended, 32, 0, None).config_hash == key  # extending a run keeps its cache
+    assert an.Cache(extended, 32, 0, None).config_hash == key  # extending a run keeps its cache
     other = dataclasses.replace(run_copy, config=run_copy.config.replace(task={"eps": 0.9}))
-    assert an._Cache(other, 32, 0, None).config_hash != key
+    assert an.Cache(other, 32, 0, None).config_hash != key
     # Only non-default fields count: a new task field whose default keeps today's behaviour keeps every cache.
     assert "zipf_alpha" not in run_copy.analysis_config()["task"]
     assert run_copy.analysis_config()["task"]["n_classes"] == run_copy.config.task.n_classes
@@ -349,7 +349,7 @@ def test_cli_analyze_writes_table(run_copy, tmp_path):
     df = read_table(out)
     assert set(df.analysis) == {"behavior", "attention"} and df.step.nunique() == 2
     assert "acc train" in r.output
-    cached = an._Cache(run_copy, 32, 0, None).path(run_copy.steps[-1], "behavior")
+    cached = an.Cache(run_copy, 32, 0, None).path(run_copy.steps[-1], "behavior")
     before = cached.stat().st_mtime_ns
     r = CliRunner().invoke(app, ["analyze", str(run_copy.path), "--analyses", "behavior", "--steps", steps, "--n", "32",
                                  "--out", str(out), "--no-progress", "--recompute"])

@@ -117,11 +117,11 @@ def test_without_devinterp_the_analysis_says_how_to_install_it(monkeypatch):
 
 def test_llc_analysis_on_a_tiny_run(tiny_run, tmp_path, monkeypatch):
     """The analysis end to end: rows per checkpoint, chains' spread, options in the cache key, cached-only reads."""
-    from coopinterp import analysis as an
+    from coopinterp.analysis import executors
 
     calls = []
-    compute = an._compute
-    monkeypatch.setattr(an, "_compute", lambda *a: calls.append(a[1]) or compute(*a))
+    compute = executors.compute
+    monkeypatch.setattr(executors, "compute", lambda *a: calls.append(a[1]) or compute(*a))
     steps, cfg = tiny_run.steps[-2:], tiny_run.config.model
     options = {"llc": {"chains": 3, "draws": 8, "batch_size": 16}}
     df = ci.analyze(tiny_run, "llc", steps=steps, progress=False, cache_dir=tmp_path, options=options)
