@@ -42,16 +42,60 @@ def test_run_with_hooks_intervenes(model, tiny_config):
     assert torch.allclose(model.run_with_hooks(b), clean)  # hooks were removed
 
 
-def test_weight_views_and_paper_init(model, tiny_config):
-    m = tiny_config.model
-    assert model.W_Q.shape == (2, m.n_heads, m.d_model, m.d_head)
-    assert model.W_O.shape == (2, m.n_heads, m.d_head, m.d_model)
-    assert model.OV is not None and model.QK is not None
-    std = model.W_Q.std().item()
-    assert abs(std - m.d_model ** -0.5) < 0.03  # lecun normal
-    assert model.W_pos.abs().max() <= 32 ** -0.5
+def linear(block, name):
+    return getattr(block.attn, name).original_component
+
+
+def test_weight_views_are_the_parameters(tiny_config):
+    """Every TL weight view is the very tensor the forward uses, rearranged: per head, W_Q/W_K/W_V are that head's
+    output rows of q/k/v (transposed, d_model x d_head), W_O its input columns of o, QK = W_Q W_K^T and
+    OV = W_V W_O; on a model whose every weight is random, so that no two views coincide by accident."""
+    m = randomised(tiny_config.task, tiny_config.model, seed=5)
+    H, dh = tiny_config.model.n_heads, tiny_config.model.d_head
+    for layer, block in enumerate(m.bridge.blocks):
+        q, k, v, o = (linear(block, name) for name in ("q", "k", "v", "o"))
+        assert torch.equal(m.b_O[layer], o.bias)
+        for h in range(H):
+            rows = slice(h * dh, (h + 1) * dh)
+            for view, lin in ((m.W_Q, q), (m.W_K, k), (m.W_V, v)):
+                assert torch.equal(view[layer, h], lin.weight[rows].T)
+            assert torch.equal(m.W_O[layer, h], o.weight[:, rows].T)
+            qk = q.weight[rows].T @ k.weight[rows]  # d_model x d_model: x_q QK x_k^T is the attention score
+            ov = v.weight[rows].T @ o.weight[:, rows].T  # x OV is what the head writes for the token it attends to
+            assert torch.allclose(m.QK[layer, h].AB, qk, atol=1e-5)
+            assert torch.allclose(m.OV[layer, h].AB, ov, atol=1e-5)
+    assert torch.equal(m.W_E, m.label_embedding) and torch.equal(m.W_pos, m.pos_embedding)
+    head = m.bridge.unembed.original_component
+    assert torch.equal(m.W_U, head.weight.T) and torch.equal(m.b_U, head.bias)
+
+
+def test_paper_init_statistics(model, tiny_config):
+    """The paper's initialisation, within sampling error (5 standard errors of a sample std, sqrt(1/(2n)) relative
+    for a normal): lecun-normal linears (std 1/sqrt(fan_in): 1/4 for the 16-dim exemplar embedding, 1/sqrt(32) for
+    the rest), positions uniform on +-1/sqrt(32), labels N(0, 0.02), every bias 0, LayerNorms at identity."""
+    m, task = tiny_config.model, tiny_config.task
+
+    def normal(w, std):
+        n = w.numel()
+        assert abs(w.std().item() / std - 1) < 5 * (2 * n) ** -0.5, (tuple(w.shape), w.std().item(), std)
+        assert abs(w.mean().item()) < 5 * std / n ** 0.5
+
+    normal(model.exemplar_embed.weight, task.dim ** -0.5)
+    normal(model.bridge.unembed.original_component.weight, m.d_model ** -0.5)
+    for block in model.bridge.blocks:
+        for name in ("q", "k", "v", "o"):
+            normal(linear(block, name).weight, m.d_model ** -0.5)  # fan_in d_model, and n_heads * d_head = d_model
+    normal(model.label_embedding, 0.02)
+    bound, pos = 32 ** -0.5, model.W_pos
+    assert pos.abs().max() <= bound and pos.abs().max() > 0.9 * bound  # 160 draws: all under 0.9 bound p = 5e-8
+    assert abs(pos.std().item() / (bound / 3 ** 0.5) - 1) < 0.2 and abs(pos.mean().item()) < 0.05 * bound
+    biases = [linear(b, name).bias for b in model.bridge.blocks for name in ("q", "k", "v", "o")]
+    biases += [model.exemplar_embed.bias, model.b_U]
+    assert all(torch.count_nonzero(b) == 0 for b in biases)
+    norms = [b.ln1.original_component for b in model.bridge.blocks] + [model.bridge.ln_final.original_component]
+    assert all(torch.equal(n.weight, torch.ones_like(n.weight)) and torch.count_nonzero(n.bias) == 0 for n in norms)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert not any(n.endswith("bias") and ".attn." in n for n in trainable)  # no qkv/o bias
+    assert not any(n.endswith("bias") and ".attn." in n for n in trainable)  # no trained q/k/v/o bias
     assert any("unembed" in n and n.endswith("bias") for n in trainable)
 
 
