@@ -5,9 +5,10 @@ The bridge (`TransformerBridge.boot_native`) owns every transformer weight under
 continuous, so the residual stream is built here and fed in with `start_at_layer=0`, which skips TL's
 embedding step; positions are therefore added here, from the bridge's own `pos_embed` weight.
 
-Training and logging use `fast_logits`, a plain-torch forward over the very same parameter tensors:
-the bridge's hook wrappers cost ~2x per training step (measured: docs/speed.md) and training needs no hooks.
-A test keeps the two forwards equal.
+Training and logging use `fast_logits`, a plain-torch forward over the very same parameter tensors
+(fast_forward.attention_logits, shared with the Markov model and multiseed's stacked seeds): the bridge's hook
+wrappers cost ~2x per training step (measured: docs/speed.md) and training needs no hooks. Tests keep the two forwards
+equal in logits and gradients.
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import warnings
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from .config import ModelConfig, TaskConfig
 from .errors import CheckpointError
+from .fast_forward import attention_logits, bridge_weights
 from .task import Batch
 
 WEIGHT_VIEWS = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "b_O", "W_U", "b_U", "QK", "OV")
@@ -130,30 +131,15 @@ class CoopModel(nn.Module):
 
     def fast_logits(self, exemplars: Float[Tensor, "n pairs_plus_1 dim"],
                     labels: Int[Tensor, "n pairs"]) -> Float[Tensor, "n labels"]:
-        """The same function as `forward`, hand-written without hooks (training and logging).
+        """The same function as `forward`, without hooks (training and logging): fast_forward.attention_logits.
 
         Hand-written rather than TL's forward because the hook wrappers double a training step's cost;
         the last block computes only the query position, the only one the loss reads.
         """
         h = self.embed(exemplars, labels)
         h = h + self.pos_embedding[: h.shape[1]]
-        n, T, d = h.shape
-        H, dh = self.cfg.n_heads, self.cfg.d_head
-        blocks = list(self.bridge.blocks)
-        for i, block in enumerate(blocks):
-            ln = block.ln1.original_component
-            x = F.layer_norm(h, (d,), ln.weight, ln.bias, ln.eps)
-            q_lin, k_lin, v_lin, o_lin = (getattr(block.attn, m).original_component for m in ("q", "k", "v", "o"))
-            last = i == len(blocks) - 1
-            q = F.linear(x[:, -1:] if last else x, q_lin.weight, q_lin.bias)
-            k, v = F.linear(x, k_lin.weight, k_lin.bias), F.linear(x, v_lin.weight, v_lin.bias)
-            q, k, v = (t.view(n, -1, H, dh).transpose(1, 2) for t in (q, k, v))
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=not last).transpose(1, 2).flatten(2)
-            out = F.linear(z, o_lin.weight, o_lin.bias)
-            h = h[:, -1:] + out if last else h + out
-        ln = self.bridge.ln_final.original_component
-        head = self.bridge.unembed.original_component
-        return F.linear(F.layer_norm(h[:, -1], (d,), ln.weight, ln.bias, ln.eps), head.weight, head.bias)
+        return attention_logits(bridge_weights(self.bridge), h, self.cfg.n_heads,
+                                self.bridge.ln_final.original_component.eps, query_only=True)
 
     def run_with_cache(self, batch: Batch, **kwargs) -> tuple[Float[Tensor, "n labels"], object]:
         logits, cache = self.bridge.run_with_cache(self.residual(batch), start_at_layer=0, **kwargs)

@@ -7,9 +7,9 @@ Adams), the same forgetting re-inits. Every seed writes OUT/seed_{s}/ in exactly
 can be analysed, or resumed by `train`, like any other run. Results agree with single-seed runs up to float
 rounding (batched matmuls sum in another order).
 
-The forward is written over a seed dim with batched matmuls rather than `torch.func.vmap` over
-`CoopModel.fast_logits`: the two ran at the same speed on CPU, but vmap has no batching rule for CPU
-attention (it falls back to a loop) and hides the gradient layout used below.
+The forward is `CoopModel.fast_logits`'s own (fast_forward.attention_logits) on weights with a seed dim, which it runs
+as batched matmuls, rather than `torch.func.vmap` over `CoopModel.fast_logits`: the two ran at the same speed on CPU,
+but vmap has no batching rule for CPU attention (it falls back to a loop) and hides the gradient layout used below.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from torch import Tensor
 from .checkpoints import ResumeState, Run, load_run, prepare_run_dir, save_checkpoint
 from .config import RunConfig
 from .errors import ConfigError
+from .fast_forward import attention_logits, linear
 from .model import CoopModel
 from .task import Batch, accuracy, loss, sample_train
 from .markov_model import MarkovSeeds
@@ -50,41 +51,16 @@ def seed_dir(out: str | Path, seed: int) -> Path:
     return Path(out) / f"seed_{seed}"
 
 
-def _layer_norm(x: Float[Tensor, "S ... d"], w: Float[Tensor, "S d"], b: Float[Tensor, "S d"],
-                eps: float) -> Float[Tensor, "S ... d"]:
-    shape = (w.shape[0],) + (1,) * (x.dim() - 2) + (w.shape[1],)
-    return torch.addcmul(b.view(shape), F.layer_norm(x, x.shape[-1:], eps=eps), w.view(shape))
-
-
-def _linear(x: Float[Tensor, "S ... d_in"], w: Float[Tensor, "S d_out d_in"],
-            b: Float[Tensor, "S d_out"]) -> Float[Tensor, "S ... d_out"]:
-    y = torch.baddbmm(b[:, None], x.flatten(1, -2), w.mT)
-    return y.unflatten(1, x.shape[1:-1])
-
-
 def stacked_logits(w: dict[str, Tensor], n_heads: int, eps: float, exemplars: Float[Tensor, "S n pairs_plus_1 dim"],
                    label_embeds: Float[Tensor, "S n pairs d_model"]) -> Float[Tensor, "S n labels"]:
-    """`CoopModel.fast_logits` for S models at once; `w` holds `weights()` tensors stacked on a seed dim."""
-    S, n = exemplars.shape[:2]
-    x = _linear(exemplars, w["exemplar_embed.weight"], w["exemplar_embed.bias"])
+    """`CoopModel.fast_logits` for S models at once; `w` holds `weights()` tensors stacked on a seed dim.
+
+    The embedding is built here; the blocks and unembedding are fast_forward.attention_logits, the single model's
+    own forward, which runs S models as batched matmuls when its weights carry a seed dim."""
+    x = linear(exemplars, w["exemplar_embed.weight"], w["exemplar_embed.bias"])
     h = torch.cat([torch.stack([x[:, :, :-1], label_embeds], 3).flatten(2, 3), x[:, :, -1:]], 2)
     h = h + w["pos_embed.weight"][:, None, : h.shape[2]]
-    d = h.shape[-1]
-    n_layers = sum(1 for k in w if k.endswith(".ln1.weight"))
-    for i in range(n_layers):
-        p = f"blocks.{i}."
-        x = _layer_norm(h, w[p + "ln1.weight"], w[p + "ln1.bias"], eps)
-        last = i == n_layers - 1
-        q, k, v = (_linear(x[:, :, -1:] if last and m == "q" else x, w[f"{p}attn.{m}.weight"], w[f"{p}attn.{m}.bias"])
-                   for m in "qkv")
-        # attention has no weights: fold the seed dim into the batch dim
-        q, k, v = (t.reshape(S * n, t.shape[2], n_heads, -1).transpose(1, 2) for t in (q, k, v))
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=not last).transpose(1, 2).reshape(S, n, -1, d)
-        out = _linear(z, w[p + "attn.o.weight"], w[p + "attn.o.bias"])
-        h = h[:, :, -1:] + out if last else h + out
-    x = _layer_norm(h[:, :, -1], w["ln_final.weight"], w["ln_final.bias"], eps)
-    # (W_U x^T)^T rather than x W_U^T: W_U's gradient then comes out in W_U's own layout (no transposing copy)
-    return torch.baddbmm(w["unembed.bias"][:, :, None], w["unembed.weight"], x.mT).mT
+    return attention_logits(w, h, n_heads, eps, query_only=True)
 
 
 class SeedStack:
