@@ -1,11 +1,14 @@
 """The strategy analysis of Markov runs: mixture fits with known answers, its rows on a trained checkpoint, where it
 applies, and its figure."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import coopinterp as ci
 from coopinterp import markov, plots
 from coopinterp.analysis import strategy
+from coopinterp.plots.strategy import PREDICTORS
 from coopinterp.predictors import NAMES, kl, predictors
 
 
@@ -51,15 +54,85 @@ def test_residual_shows_when_no_mix_explains_the_model(preds):
     assert residual > 0.1
 
 
+class ExactlyOnePredictor:
+    """A stand-in bridge whose next-token distribution is exactly predictor `which`'s (its logits are that
+    predictor's log-probabilities), computed on whatever chunk of sequences it is given."""
+
+    def __init__(self, which: int, chains: torch.Tensor, alpha: float):
+        self.which, self.chains, self.alpha = which, chains, alpha
+        self.cfg = SimpleNamespace(d_vocab=chains.shape[-1])
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return predictors(tokens, self.chains, self.alpha)[self.which].log()
+
+
+def reference_kl(p: torch.Tensor, q: torch.Tensor) -> float:
+    """Mean over sequences and positions of KL(p || q), by torch's own kl_div (not predictors.kl)."""
+    return torch.nn.functional.kl_div(q.log(), p, reduction="none").sum(-1).mean().item()
+
+
+def by_metric(rows: list[dict], ev: str) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["evaluator"] == ev:
+            out.setdefault(r["metric"], {})[r.get("component")] = r["value"]
+    return out
+
+
+@pytest.mark.parametrize("which", range(4))
+def test_rows_of_a_model_that_is_exactly_one_predictor(which):
+    """A model whose output is predictor `which`: KL 0 to it and, to each other predictor, the KL computed here
+    independently; its family's relative distance at the extreme (-1 retrieved, +1 inferred), the other family's
+    from the independent KLs; all the mix weight on it and no residual. In and out of distribution."""
+    task = ci.preset("markov-tiny").task
+    batches = {ev: markov.make_batch(task, ev, 8, 3) for ev in ("markov_id", "markov_ood")}
+    chains, alpha = batches["markov_id"].chains, batches["markov_id"].alpha
+    model = strategy.TokenModel(ExactlyOnePredictor(which, chains, alpha), None)
+    rows = strategy.rows(model, batches)
+    assert {r["evaluator"] for r in rows} == set(batches)
+    for ev, batch in batches.items():
+        got = by_metric(rows, ev)
+        p = predictors(batch.tokens, chains, alpha)
+        want = {name: reference_kl(p[which], p[a]) for a, name in enumerate(NAMES)}
+        assert list(got["kl"]) == list(NAMES)
+        assert got["kl"][NAMES[which]] < 1e-12
+        assert all(want[a] > 1e-4 for a in NAMES if a != NAMES[which])  # the four predictors differ here
+        assert got["kl"] == pytest.approx(want, rel=1e-9, abs=1e-12)
+        for family, short in (("unigram", "uni"), ("bigram", "bi")):
+            ret, inf = want[f"{short}_ret"], want[f"{short}_inf"]
+            assert got["rel_distance"][family] == pytest.approx((ret - inf) / (ret + inf), abs=1e-9)
+        family, side = ("unigram", "bigram")[which // 2], ("ret", "inf")[which % 2]
+        assert got["rel_distance"][family] == pytest.approx(-1.0 if side == "ret" else 1.0, abs=1e-9)
+        assert list(got["mix_weight"]) == list(NAMES) and sum(got["mix_weight"].values()) == pytest.approx(1.0)
+        assert got["mix_weight"][NAMES[which]] > 1 - 1e-6
+        assert got["mix_residual_kl"][None] < 1e-10
+
+
 def test_rows_on_a_markov_checkpoint(markov_run):
-    table = ci.analyze(markov_run, ["strategy"], steps=[markov_run.steps[-1]], n=16, progress=False)
+    """analyze's strategy rows on a trained checkpoint equal the KLs computed here from the checkpoint's own
+    next-token distribution and the exact predictors, and the mix's residual is the KL of the mix it reports."""
+    step = markov_run.steps[-1]
+    table = ci.analyze(markov_run, ["strategy"], steps=[step], n=16, seed=0, progress=False)
     assert set(table.evaluator) == {"markov_id", "markov_ood"}
-    for ev, g in table.groupby("evaluator"):
-        w = g[g.metric == "mix_weight"]
-        assert list(w.component) == list(NAMES) and w.value.sum() == pytest.approx(1.0)
-        assert (g[g.metric == "kl"].value >= 0).all() and g[g.metric == "mix_residual_kl"].value.iloc[0] >= 0
-        assert g[g.metric == "rel_distance"].value.between(-1, 1).all()
-        assert g[g.metric == "mix_residual_kl"].value.iloc[0] <= g[g.metric == "kl"].value.min() + 1e-9
+    model = markov_run.model(step)
+    for ev, batch in markov_run.batches(None, 16, 0).items():
+        g = table[table.evaluator == ev]
+        with torch.no_grad():
+            probs = model.bridge(batch.tokens).double().softmax(-1)
+        p = predictors(batch.tokens, batch.chains, batch.alpha)
+        kls = g[g.metric == "kl"].set_index("component").value
+        want = {name: reference_kl(probs, p[a]) for a, name in enumerate(NAMES)}
+        assert list(kls.index) == list(NAMES) and kls.to_dict() == pytest.approx(want, rel=1e-6, abs=1e-9)
+        rel = g[g.metric == "rel_distance"].set_index("component").value
+        for family, short in (("unigram", "uni"), ("bigram", "bi")):
+            ret, inf = want[f"{short}_ret"], want[f"{short}_inf"]
+            assert rel[family] == pytest.approx((ret - inf) / (ret + inf), abs=1e-6)
+        w = g[g.metric == "mix_weight"].set_index("component").value
+        assert list(w.index) == list(NAMES) and w.sum() == pytest.approx(1.0) and (w >= 0).all()
+        mix = torch.einsum("a,antv->ntv", torch.tensor(w.to_numpy(), dtype=torch.float64), p)
+        residual = g[g.metric == "mix_residual_kl"].value.item()
+        assert residual == pytest.approx(reference_kl(probs, mix), rel=1e-6, abs=1e-9)
+        assert residual <= min(want.values()) + 1e-9  # each predictor alone is a mix
     assert "strategy" in ci.analysis.default_analyses("markov")
 
 
@@ -75,4 +148,16 @@ def test_strategy_figure(markov_run):
     fig = figs["strategy_weights"]
     assert {t.name for t in fig.data} == {"unigram, retrieved", "unigram, inferred", "bigram, retrieved",
                                           "bigram, inferred", "residual KL"}
+    # each line is its table rows: x the checkpoints after step 0 (log axis), y their values, one panel per evaluator
+    rows = table[(table.analysis == "strategy") & (table.step > 0)].sort_values("step")
+    label = {name: PREDICTORS[name][0] for name in NAMES}
+    for panel, ev in (("x", "markov_id"), ("x2", "markov_ood")):
+        g = rows[rows.evaluator == ev]
+        want = {label[name]: g[(g.metric == "mix_weight") & (g.component == name)] for name in NAMES}
+        want["residual KL"] = g[g.metric == "mix_residual_kl"]
+        drawn = {t.name: t for t in fig.data if t.xaxis == panel}
+        assert set(drawn) == set(want)
+        for name, w in want.items():
+            assert len(w) == len(markov_run.steps) - 1, name
+            assert list(drawn[name].x) == list(w.step) and list(drawn[name].y) == pytest.approx(list(w.value)), name
     assert "strategy_weights" not in skipped
