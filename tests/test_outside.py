@@ -173,6 +173,45 @@ def test_zero_ablation_through_hooks_equals_zeroing_the_head_in_hugging_face_wei
     assert all(abs(v - clean) > 1e-6 for v in got.tolist())
 
 
+def hf_copying_scores(folder: Path) -> torch.Tensor:
+    """[layer, head]: the positive-eigenvalue share sum(eig) / sum(|eig|) of each head's full OV circuit
+    W_E W_V^h W_O^h W_U (vocab x vocab, float64), read straight from the Hugging Face weights of any of the three
+    architectures (GPT-2's fused Conv1D c_attn, GPT-NeoX's per-head query_key_value, Llama's grouped v_proj)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    cfg = model.config
+    d, H = cfg.hidden_size, cfg.num_attention_heads
+    dh = d // H
+    E = model.get_input_embeddings().weight.detach().double()
+    U = model.get_output_embeddings().weight.detach().double().T
+    out = torch.empty(cfg.num_hidden_layers, H, dtype=torch.float64)
+    for layer in range(cfg.num_hidden_layers):
+        for h in range(H):
+            cols = slice(h * dh, (h + 1) * dh)
+            if cfg.model_type == "gpt2":  # x @ c_attn.weight = q | k | v
+                attn = model.transformer.h[layer].attn
+                Wv, Wo = attn.c_attn.weight[:, 2 * d:][:, cols], attn.c_proj.weight[cols]
+            elif cfg.model_type == "gpt_neox":  # rows head by head, each q, k, v
+                attn = model.gpt_neox.layers[layer].attention
+                Wv, Wo = attn.query_key_value.weight.view(H, 3, dh, d)[h, 2].T, attn.dense.weight[:, cols].T
+            else:  # llama: head h reads key/value head h // (H / n_kv)
+                attn = model.model.layers[layer].self_attn
+                kv = h // (H // cfg.num_key_value_heads)
+                Wv, Wo = attn.v_proj.weight[kv * dh:(kv + 1) * dh].T, attn.o_proj.weight[:, cols].T
+            eig = torch.linalg.eigvals(E @ Wv.detach().double() @ Wo.detach().double() @ U)
+            out[layer, h] = eig.sum().real / eig.abs().sum()
+    return out
+
+
+def copying_rows(df) -> torch.Tensor:
+    rows = df[df.metric == "copying_score"]
+    assert rows.evaluator.isna().all()  # read from the weights, no data
+    out = torch.full((int(rows.layer.max()) + 1, int(rows["head"].max()) + 1), float("inf"), dtype=torch.float64)
+    for layer, head, value in zip(rows.layer, rows["head"], rows.value):
+        out[int(layer), int(head)] = value
+    assert torch.isfinite(out).sum() + torch.isnan(out).sum() == out.numel() == len(rows)  # one row per head
+    return out
+
+
 def test_every_token_analysis_covers_every_head(arch_run, tmp_path):
     arch, root = arch_run
     run = open_run(root)
@@ -184,7 +223,32 @@ def test_every_token_analysis_covers_every_head(arch_run, tmp_path):
         assert set(zip(rows.layer, rows["head"])) == heads, metric
     abl = df[(df.analysis == "ablation") & (df.metric == "delta_loss")]
     assert len(abl) == 3 * len(heads) and abl.value.notna().all()
-    assert df[df.metric == "copying_score"].value.between(-1, 1).all()
+    # every head's copying score is its OV circuit's, recomputed here from the Hugging Face weights
+    assert torch.allclose(copying_rows(df), hf_copying_scores(root / "checkpoint-10"), atol=1e-5)
+
+
+def test_copying_scores_of_hand_set_heads(tmp_path):
+    """The planted GPT-2 with its other heads' OV circuits set by hand (tokens live in dims 32-63 and the
+    unembedding is the tied token embedding, so a head whose value reads the token and whose output writes M into
+    dims 32-63 has the full OV circuit M): M = 20 I (L1H1, the induction head) copies, score 1; M = -I anti-copies,
+    -1; a rotation by 90 degrees in 16 planes (eigenvalues +-i) scores 0; diag(1 x 24, -2 x 8) scores
+    (24 - 16) / (24 + 16) = 0.2; a head writing outside the unembedding's dims (L0H0) or nothing at all (L0H2) has
+    no score (NaN)."""
+    model = planted_gpt2()
+    d, eye = 96, torch.eye(32)
+    rotation = torch.zeros(32, 32)
+    rotation[0::2, 1::2], rotation[1::2, 0::2] = -torch.eye(16), torch.eye(16)
+    with torch.no_grad():
+        for layer, head, M in ((1, 0, -eye), (1, 2, rotation), (0, 1, torch.diag(torch.tensor([1.0] * 24 + [-2.0] * 8)))):
+            block = model.transformer.h[layer].attn
+            block.c_attn.weight[32:64, 2 * d + 32 * head:2 * d + 32 * (head + 1)] = eye  # value: the token
+            block.c_proj.weight[32 * head:32 * (head + 1), 32:64] = M
+    _save(model, tmp_path / "run" / "step100")
+    df = an.analyze(open_run(tmp_path / "run"), ["attention"], n=8, progress=False, cache_dir=tmp_path / "cache")
+    got = copying_rows(df)
+    want = torch.tensor([[float("nan"), 0.2, float("nan")], [-1.0, 1.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(got, want, atol=1e-5, equal_nan=True), got
+    assert torch.allclose(hf_copying_scores(tmp_path / "run" / "step100"), want, atol=1e-9, equal_nan=True)
 
 
 def test_token_file_and_text_sources(planted_run, tmp_path):
@@ -328,10 +392,38 @@ def test_a_heads_llc_footprint_is_its_slices_in_every_architecture(arch_run):
 
 
 def test_llc_of_a_token_run(planted_run, tmp_path):
+    """The LLC of the planted GPT-2: finite; the same under the same seed (SGLD noise and minibatches are seeded),
+    different under another; the induction head L1H1, which the loss needs, has a clearly positive refined LLC,
+    while the layer-1 heads that are zero and write straight into the unembedding (L1H0, L1H2) sit at ~0.
+    The same model with the final LayerNorm's weight zeroed has logits 0 whatever its heads do: the loss is log 32
+    exactly, every head's refined LLC exactly 0 (only that head's weights move), the whole model's (whose
+    LayerNorm moves too) not."""
     pytest.importorskip("devinterp")
-    options = {"llc": {"chains": 2, "draws": 4, "burnin": 0, "batch_size": 8}}
-    df = an.analyze(open_run(planted_run), ["llc"], steps=[500], n=16, progress=False, cache_dir=tmp_path,
-                    options=options)
-    rllc = df[df.metric == "rllc"]
-    assert len(rllc) == 2 * 3 and set(df.evaluator) == {"repeated_tokens"} and df.value.notna().all()
-    assert df[df.metric == "init_loss"].value.item() > 0
+
+    def llc(root, seed, cache):
+        options = {"llc": {"chains": 2, "draws": 4, "burnin": 0, "batch_size": 8, "seed": seed}}
+        df = an.analyze(open_run(root), ["llc"], steps=[500], n=16, progress=False, cache_dir=tmp_path / cache,
+                        options=options)
+        assert set(df.evaluator) == {"repeated_tokens"} and np.isfinite(df.value.to_numpy(float)).all()
+        return df
+
+    df = llc(planted_run, 0, "a")
+    rllc = df[df.metric == "rllc"].set_index(["layer", "head"]).value
+    assert sorted(rllc.index) == [(layer, head) for layer in range(2) for head in range(3)]
+    assert rllc[1, 1] > 0.5 and max(abs(rllc[1, 0]), abs(rllc[1, 2])) < 0.01
+    again, other = llc(planted_run, 0, "b"), llc(planted_run, 1, "c")
+    key = ["metric", "layer", "head", "component"]
+    assert again[key + ["value"]].equals(df[key + ["value"]])  # deterministic under a seed (fresh cache)
+    assert not np.allclose(other[other.metric == "rllc"].value, df[df.metric == "rllc"].value)
+
+    quiet = planted_gpt2()
+    with torch.no_grad():
+        quiet.transformer.ln_f.weight.zero_()  # logits = ln_f bias (0) @ W_U = 0 for every input
+    root = tmp_path / "quiet"
+    _save(quiet, root / "step500")
+    flat = llc(root, 0, "quiet")
+    assert flat[flat.metric == "init_loss"].value.item() == pytest.approx(np.log(V), abs=1e-6)
+    heads = flat[flat.metric.isin(["rllc", "rllc_std", "rllc_chain"])]
+    assert len(heads) == 6 * (2 + 2) and (heads.value == 0).all()
+    whole = flat[flat.metric == "llc_chain"].value
+    assert len(whole) == 2 and (whole != 0).all()  # moving the LayerNorm's weight does move the loss
