@@ -2,7 +2,8 @@
 planted GPT-2 of test_outside.py and on the `markov-tiny` preset's last step, against tests/golden.json.
 
 The analysis cache trusts an analysis's declared version: a change to its rows under the same version would serve
-stale tables. This test fails then, naming the analysis to bump. After a deliberate change (version bumped), write
+stale tables. This test fails then, naming the analysis to bump; an analysis, metric or row that vanished from the
+output (or appeared in it) is named too. After a deliberate change (version bumped), write
 the new values with `python tests/test_golden.py` and commit golden.json.
 """
 import json
@@ -44,24 +45,66 @@ def current(tiny_run_path: Path, planted_path: Path, markov_path: Path, cache_di
             "markov_tiny": rows_of(markov, markov.steps[-1], cache_dir / "markov")}
 
 
+def describe(key: list) -> str:
+    """A row's key (KEYS, without the value) as `metric evaluator=... layer=...`."""
+    return " ".join([str(key[0])] + [f"{k}={v}" for k, v in zip(KEYS[1:], key[1:]) if v is not None])
+
+
+def row_differences(model_name: str, old: list[list], new: list[list]) -> tuple[list[str], bool]:
+    """What vanished from (or appeared in) an analysis's rows, by metric and then by row, and whether any row
+    differs at all (a vanished or new row, or a value beyond tolerance)."""
+    old_by_key = {json.dumps(r[:-1], default=str): r for r in old}
+    new_by_key = {json.dumps(r[:-1], default=str): r for r in new}
+    old_metrics, new_metrics = {r[0] for r in old}, {r[0] for r in new}
+    problems = []
+    for metric in sorted(old_metrics - new_metrics, key=str):
+        n = sum(r[0] == metric for r in old)
+        problems.append(f"{model_name}: metric {metric} vanished from the output ({n} golden rows)")
+    for metric in sorted(new_metrics - old_metrics, key=str):
+        problems.append(f"{model_name}: metric {metric} is new (no golden rows)")
+    lost = [old_by_key[k] for k in old_by_key if k not in new_by_key and old_by_key[k][0] in new_metrics]
+    extra = [new_by_key[k] for k in new_by_key if k not in old_by_key and new_by_key[k][0] in old_metrics]
+    for what, rows in (("vanished from the output", lost), ("is new", extra)):
+        if rows:
+            shown = "; ".join(describe(r[:-1]) for r in rows[:3]) + (f" (and {len(rows) - 3} more)" if len(rows) > 3
+                                                                     else "")
+            problems.append(f"{model_name}: {len(rows)} row(s) {what}: {shown}")
+    duplicated = len(old_by_key) != len(old) or len(new_by_key) != len(new)
+    changed = any(not ((a[-1] is None) == (b[-1] is None)
+                       and (a[-1] is None or np.isclose(a[-1], b[-1], atol=1e-4, rtol=1e-4)))
+                  for k, a in old_by_key.items() if (b := new_by_key.get(k)) is not None)
+    return problems, bool(problems) or duplicated or changed or len(old) != len(new)
+
+
 def check(got: dict, want: dict) -> list[str]:
+    """Every difference between the current rows and the golden ones, naming what it is about: an analysis or a
+    metric (or single rows) that vanished from the output or appeared in it, then values that changed; a change
+    under an unchanged version says to bump it."""
     problems = []
     for model in want:
+        if model not in got:
+            problems.append(f"{model}: the model's rows vanished from the output (golden analyses: "
+                            f"{', '.join(want[model])})")
+            continue
+        for name, old in want[model].items():
+            if name not in got[model]:
+                metrics = ", ".join(sorted({str(r[0]) for r in old["rows"]}))
+                problems.append(f"{model}/{name}: the analysis vanished from the output (golden: "
+                                f"{len(old['rows'])} rows of {metrics})")
         for name, entry in got[model].items():
             old = want[model].get(name)
             if old is None:
                 problems.append(f"{model}/{name}: no golden values yet (write them: python tests/test_golden.py)")
                 continue
-            same = len(old["rows"]) == len(entry["rows"]) and all(
-                a[:-1] == b[:-1] and (a[-1] is None) == (b[-1] is None)
-                and (a[-1] is None or np.isclose(a[-1], b[-1], atol=1e-4, rtol=1e-4))
-                for a, b in zip(old["rows"], entry["rows"]))
-            if not same and old["version"] == entry["version"]:
-                problems.append(f"{model}/{name}: its rows changed but its version is still {entry['version']}: "
-                                f"bump ANALYSIS.version in its module, then python tests/test_golden.py")
-            elif entry["version"] != old["version"]:
+            named, differs = row_differences(f"{model}/{name}", old["rows"], entry["rows"])
+            if entry["version"] != old["version"]:
                 problems.append(f"{model}/{name}: version {old['version']} -> {entry['version']}: write the new "
                                 "golden values with python tests/test_golden.py")
+                problems += named
+            elif differs:
+                problems += named
+                problems.append(f"{model}/{name}: its rows changed but its version is still {entry['version']}: "
+                                f"bump ANALYSIS.version in its module, then python tests/test_golden.py")
     return problems
 
 
@@ -95,6 +138,36 @@ def test_a_changed_row_under_the_same_version_is_caught():
                                    "then python tests/test_golden.py"]
     edited["tiny"]["behavior"]["version"] += 1
     assert "write the new golden values" in check(edited, want)[0]
+
+
+def test_a_vanished_analysis_metric_or_row_is_named():
+    """What vanished from the output is reported by name: a whole analysis of one model (even one whose rows all
+    matched before), a metric of an analysis, single rows of a metric; and what appeared."""
+    want = json.loads(GOLDEN.read_text())
+    got = json.loads(json.dumps(want))
+    assert check(got, want) == []
+    del got["markov_tiny"]["strategy"]
+    strategy = want["markov_tiny"]["strategy"]
+    assert check(got, want) == [f"markov_tiny/strategy: the analysis vanished from the output (golden: "
+                                f"{len(strategy['rows'])} rows of kl, mix_residual_kl, mix_weight, rel_distance)"]
+    got = json.loads(json.dumps(want))
+    rows = got["markov_tiny"]["strategy"]["rows"]
+    got["markov_tiny"]["strategy"]["rows"] = [r for r in rows if r[0] != "mix_residual_kl"]
+    assert check(got, want) == ["markov_tiny/strategy: metric mix_residual_kl vanished from the output (2 golden rows)",
+                                "markov_tiny/strategy: its rows changed but its version is still "
+                                f"{strategy['version']}: bump ANALYSIS.version in its module, then "
+                                "python tests/test_golden.py"]
+    got = json.loads(json.dumps(want))
+    attention = got["planted_gpt2"]["attention"]["rows"]
+    dropped = next(r for r in attention if r[0] == "copying_score" and r[2] == 1 and r[3] == 1)
+    attention.remove(dropped)
+    attention.append(["copying_score", None, 7, 0, None, None, None, 0.5])
+    problems = check(got, want)
+    assert problems[:2] == ["planted_gpt2/attention: 1 row(s) vanished from the output: copying_score layer=1 head=1",
+                            "planted_gpt2/attention: 1 row(s) is new: copying_score layer=7 head=0"]
+    assert len(problems) == 3 and "its rows changed" in problems[2]
+    del got["planted_gpt2"]
+    assert check(got, want)[0].startswith("planted_gpt2: the model's rows vanished from the output")
 
 
 if __name__ == "__main__":  # write tests/golden.json from the current code
