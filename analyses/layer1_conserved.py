@@ -13,7 +13,7 @@ from common import N, attention_over_training, parse, save, verdict
 
 from coopinterp.analysis import eval_batches
 from coopinterp.analysis.grafting import graft_in, graft_out
-from coopinterp.training import evaluate
+from coopinterp.tasks.exemplar import evaluate
 from coopinterp.plots import layer1_figure
 
 

@@ -22,7 +22,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = {"policy": {}, "old default": {"COOPINTERP_THREADS": "2", "OMP_WAIT_POLICY": ""}}
 DEMO_STEP = ("import time, torch, torch.nn.functional as F, coopinterp as ci\n"
-             "from coopinterp.training import SingleSeed\n"
+             "from coopinterp.tasks.exemplar import SingleSeed\n"
              "s = SingleSeed(ci.preset('demo'), 'cpu')\n"
              "for _ in range(20): s.train_step()\n"
              "t = time.perf_counter()\n"

@@ -23,7 +23,7 @@ from common import loadavg  # noqa: F401  (applies the thread policy)
 from coopinterp.analysis import ablation, eval_batches, patching
 from coopinterp.analysis.engine import METRICS, Engine, head_masks, replacement
 from coopinterp.analysis.forwards import final_stream
-from coopinterp.checkpoints import load_run
+from coopinterp.runs import load_run
 
 
 def query_stream(model, resid: torch.Tensor, hooks: list) -> torch.Tensor:

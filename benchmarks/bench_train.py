@@ -22,7 +22,7 @@ from common import loadavg
 from rich.console import Console
 from rich.table import Table
 
-from coopinterp.config import preset
+from coopinterp.tasks import preset
 from coopinterp.model import CoopModel
 from coopinterp.multiseed import SeedStack, stacked_logits
 from coopinterp.task import sample_train

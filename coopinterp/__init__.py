@@ -10,14 +10,14 @@ import importlib
 __version__ = "0.2.0"
 
 _PUBLIC = {
-    "Run": "checkpoints", "load_run": "checkpoints",
-    "RunConfig": "config", "TaskConfig": "config", "ModelConfig": "config", "TrainConfig": "config",
-    "preset": "config",
+    "Run": "runs", "open_run": "runs", "load_run": "runs",
+    "RunConfig": "config", "TaskConfig": "task", "ModelConfig": "config", "TrainConfig": "config",
+    "preset": "tasks", "PRESETS": "tasks", "TASKS": "tasks",
     "CoopError": "errors", "ConfigError": "errors", "CheckpointError": "errors",
     "CoopModel": "model",
     "EVALUATORS": "task", "Batch": "task", "make_batch": "task",
     "train": "training", "analyze": "analysis", "import_tl_checkpoints": "legacy",
-    "run_minimal": "minimal", "summarize_minimal": "minimal", "train_seeds": "multiseed",
+    "run_minimal": "minimal", "summarize_minimal": "minimal", "train_seeds": "training",
 }
 __all__ = list(_PUBLIC)
 

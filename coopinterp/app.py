@@ -26,7 +26,7 @@ from . import plots
 from .analysis import eval_batches
 from .analysis.ablation import ablated_hidden
 from .analysis.engine import Engine, Head, check_head, check_mode, replacement
-from .checkpoints import Run
+from .runs import Run
 from .errors import CheckpointError, ConfigError
 from .task import EVALUATORS, Batch
 

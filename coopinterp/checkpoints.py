@@ -1,19 +1,14 @@
-"""Run directories: run.json, safetensors checkpoints, resume state, and `load_run`.
+"""The run directory format: run.json, safetensors checkpoints, resume state (runs/native.py opens one).
 
 Only safetensors and JSON are ever read, so loading never unpickles anything.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
-from collections import OrderedDict
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -21,8 +16,7 @@ from safetensors.torch import save_file
 from . import __version__
 from .config import FORMAT_VERSION, RunConfig
 from .errors import CheckpointError, ConfigError, CoopError
-from .model import CoopModel
-from .tables import atomic_path, read_table
+from .tables import atomic_path
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{9})\.safetensors$")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
@@ -30,7 +24,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
 @runtime_checkable
 class Saved(Protocol):
-    """A model whose weights a checkpoint holds (CoopModel, markov_model.MarkovModel)."""
+    """A model whose weights a checkpoint holds (every task's model: CoopModel, tasks.markov.MarkovModel, ...)."""
 
     def weights(self) -> dict[str, torch.Tensor]: ...
     def load_weights(self, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None: ...
@@ -105,121 +99,6 @@ def check_headers(run_dir: Path, steps: list[int]) -> None:
                 f.metadata()
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
-
-
-@dataclass
-class Run:
-    """A training run on disk: its config, checkpoint steps, logged metrics, and models per step."""
-
-    path: Path
-    config: RunConfig
-    steps: list[int]
-    device: str = "cpu"
-    cache_size: int = 4
-
-    def __post_init__(self) -> None:
-        self._models: OrderedDict[int, CoopModel] = OrderedDict()
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def check_step(self, step: int) -> int:
-        if step not in self.steps:
-            shown = ", ".join(map(str, self.steps[:40])) + (" ..." if len(self.steps) > 40 else "")
-            raise CheckpointError(f"run {self.path} has no checkpoint at step {step}; available: {shown or 'none'}")
-        return step
-
-    kind = "exemplar"  # the built-in exemplar model (outside.py: token models)
-    pattern = None  # checkpoint file names are fixed
-
-    def seqs_seen(self, step: int) -> int:
-        return step * self.config.train.batch_size
-
-    def weights_file(self, step: int) -> Path:
-        return checkpoint_path(self.path, step)
-
-    def analysis_config(self) -> dict:
-        """What decides an analysis besides the weights: the task (which sequences) and the model (its shape).
-
-        Only fields that differ from their defaults count, so that adding a field whose default keeps today's
-        behaviour leaves every cached table valid (hence: a default, once released, never changes).
-        """
-        return {section: {k: v for k, v in dataclasses.asdict(part).items()
-                          if v != getattr(type(part)(), k)}
-                for section, part in (("task", self.config.task), ("model", self.config.model))}
-
-    def damage(self, step: int) -> str | None:
-        """The one-line error of a checkpoint whose safetensors header does not read (a truncated file), else None."""
-        try:
-            check_headers(self.path, [step])
-        except CheckpointError as e:
-            return str(e)
-        return None
-
-    def readable(self, step: int) -> bool:
-        return self.damage(step) is None
-
-    def source_key(self, source: str | None) -> None:
-        """The exemplar model reads its own task's evaluators: no other data source applies."""
-        if source is not None:
-            raise ConfigError(f"--source {source!r} applies to token models; the exemplar run {self.path} is "
-                              "evaluated on its task's evaluators")
-        return None
-
-    def batches(self, source: str | None, n: int, seed: int) -> dict:
-        from .analysis.forwards import eval_batches
-
-        return eval_batches(self.config.task, n, seed, self.device)
-
-    def model(self, step: int) -> CoopModel:
-        """The model at a checkpointed step, float32, eval mode (a few are kept cached)."""
-        self.check_step(step)
-        if step in self._models:
-            self._models.move_to_end(step)
-            return self._models[step]
-        weights, _ = load_tensors(checkpoint_path(self.path, step))
-        model = CoopModel(self.config.task, self.config.model, seed=self.config.train.seed)
-        model.load_weights({k: v.float() for k, v in weights.items()}, source=str(checkpoint_path(self.path, step)))
-        model.to(self.device).eval().requires_grad_(False)
-        self._models[step] = model
-        while len(self._models) > self.cache_size:
-            self._models.popitem(last=False)
-        return model
-
-    def verify(self) -> None:
-        """Load every checkpoint into the model (names, shapes) and check its weights are finite."""
-        for step in self.steps:
-            bad = [k for k, v in self.model(step).weights().items() if not torch.isfinite(v).all()]
-            if bad:
-                raise CheckpointError(f"checkpoint {checkpoint_path(self.path, step)} holds non-finite values in "
-                                      f"{', '.join(bad[:3])}")
-
-    @cached_property
-    def metrics(self) -> pd.DataFrame:
-        """Evaluator metrics logged during training (tidy schema)."""
-        path = self.path / "metrics.parquet"
-        if not path.is_file():
-            raise CheckpointError(f"run {self.path} has no metrics.parquet")
-        return read_table(path)
-
-
-def load_run(path: str | Path, device: str = "cpu") -> Run:
-    """Open a run directory; a missing or corrupt run is a one-line CheckpointError."""
-    run_dir = Path(path)
-    if not run_dir.exists():
-        raise CheckpointError(f"run directory not found: {run_dir}")
-    if not run_dir.is_dir():
-        raise CheckpointError(f"not a directory: {run_dir}")
-    config = read_run_config(run_dir)
-    steps = list_checkpoints(run_dir)
-    if not steps:
-        raise CheckpointError(f"run {run_dir} has no checkpoints under checkpoints/")
-    if config.task.kind == "markov":
-        from .markov_model import MarkovRun  # a subclass of Run, so imported here
-
-        return MarkovRun(run_dir, config, steps, device=device)
-    return Run(run_dir, config, steps, device=device)
 
 
 class ResumeState:

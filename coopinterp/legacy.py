@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
 
-from .checkpoints import Run, checkpoint_path, load_run, save_tensors, write_run_json
+from .checkpoints import checkpoint_path, save_tensors, write_run_json
 from .config import RunConfig
 from .errors import CheckpointError, CoopError
 from .model import CoopModel
+from .runs import NativeRun, load_run
 
 LEGACY_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 EXEMPLAR_KEYS = ("exemplar_embed.weight", "exemplar_embed.bias")
@@ -107,7 +108,7 @@ def convert_legacy(state: dict[str, Tensor], model: CoopModel, source: str,
 
 
 def import_tl_checkpoints(src_dir: str | Path, out_dir: str | Path, config: RunConfig | str | Path,
-                          pattern: str | None = None, exemplar_keys: tuple[str, str] = EXEMPLAR_KEYS) -> Run:
+                          pattern: str | None = None, exemplar_keys: tuple[str, str] = EXEMPLAR_KEYS) -> NativeRun:
     """Convert a directory of legacy TL checkpoints into a new run directory, all or nothing."""
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     config = config if isinstance(config, RunConfig) else RunConfig.from_json(config)

@@ -20,10 +20,10 @@ import torch.nn as nn
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .config import ModelConfig, TaskConfig
+from .config import ModelConfig
 from .errors import CheckpointError
 from .fast_forward import attention_logits, bridge_weights
-from .task import Batch
+from .task import Batch, TaskConfig
 
 WEIGHT_VIEWS = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "b_O", "W_U", "b_U", "QK", "OV")
 
@@ -47,7 +47,7 @@ def _boot(task: TaskConfig, cfg: ModelConfig) -> nn.Module:
 class CoopModel(nn.Module):
     """The paper's attention-only transformer on exemplar-label sequences."""
 
-    kind = "exemplar"  # analyses tell it from token models (outside.TokenModel) by this
+    model_kinds = ("exemplar",)  # the analyses' row functions it takes (analysis/record.py)
 
     def __init__(self, task: TaskConfig, cfg: ModelConfig, seed: int = 0):
         super().__init__()
@@ -61,6 +61,11 @@ class CoopModel(nn.Module):
         for lin in self._attn_linears():  # the paper has no bias on q, k, v or the output projection
             lin.bias.requires_grad_(False)
         self.reset_parameters(seed)
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """What training optimises: every parameter but the q, k, v and output biases (zero in the paper's model)."""
+        fixed = {id(lin.bias) for lin in self._attn_linears()}
+        return [p for p in self.parameters() if id(p) not in fixed]
 
     def _attn_linears(self) -> list[nn.Linear]:
         return [getattr(b.attn, name).original_component for b in self.bridge.blocks for name in ("q", "k", "v", "o")]

@@ -1,6 +1,6 @@
 """Many seeds in one process: S independent models trained at once as stacked `[S, ...]` tensors.
 
-Seed s follows the single-seed recipe of training.py: CoopModel(task, model, seed=s) init, its own data
+Seed s follows the single-seed recipe of tasks/exemplar.py (`SingleSeed`): CoopModel(task, model, seed=s) init, its own data
 generator seeded with s, Adam on its own slice (Adam is elementwise, so one Adam over stacked tensors is S
 Adams), the same forgetting re-inits. Every seed writes OUT/seed_{s}/ in exactly the single-seed format
 (run.json, checkpoints, metrics.parquet, state), going through one template CoopModel, so a seed directory
@@ -13,7 +13,6 @@ but vmap has no batching rule for CPU attention (it falls back to a loop) and hi
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -21,34 +20,14 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .checkpoints import ResumeState, Run, load_run, prepare_run_dir, save_checkpoint
+from .checkpoints import ResumeState, save_checkpoint
 from .config import RunConfig
-from .errors import ConfigError
 from .fast_forward import attention_logits, linear
 from .model import CoopModel
 from .task import Batch, accuracy, loss, sample_train
-from .markov_model import MarkovSeeds
-from .training import Results, forget_generator, resolve_device, run_loop
+from .learner import Results, forget_generator
 
 EVAL_FLOATS = 2**25  # evaluate seeds in chunks whose logits stay under ~128 MB
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-31' -> [0, ..., 31]; '0,2,5' -> [0, 2, 5]; ranges and lists mix ('0-3,8')."""
-    seeds: list[int] = []
-    for part in text.replace(" ", "").split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise ConfigError(f"bad seed list {text!r}: use e.g. '0-31' or '0,2,5'")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        seeds.extend(range(lo, hi + 1))
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seed list {text!r} repeats a seed")
-    return seeds
-
-
-def seed_dir(out: str | Path, seed: int) -> Path:
-    return Path(out) / f"seed_{seed}"
 
 
 def stacked_logits(w: dict[str, Tensor], n_heads: int, eps: float, exemplars: Float[Tensor, "S n pairs_plus_1 dim"],
@@ -185,27 +164,3 @@ class SeedStack:
                 out[name]["loss"].append(loss(logits, batch))
         values = {name: {m: torch.cat(v).tolist() for m, v in ms.items()} for name, ms in out.items()}
         return [{name: {m: v[j] for m, v in ms.items()} for name, ms in values.items()} for j in range(len(self))]
-
-
-def train_seeds(config: RunConfig, seeds: list[int], out_dir: str | Path, progress: bool = True,
-                device: str | None = None) -> list[Run]:
-    """Train (or resume) one run per seed into OUT/seed_{s}/, all seeds at once; returns their Runs.
-
-    Seeds whose saved states stand at different steps (e.g. a seed list extended later) train in groups.
-    """
-    config.validate()
-    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-        raise ConfigError(f"seeds must be distinct non-negative integers, got {seeds}")
-    device = resolve_device(device)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    for s in seeds:
-        prepare_run_dir(config.replace(train={"seed": s}), seed_dir(out, s))
-    starts = {s: ResumeState(seed_dir(out, s)).step() for s in seeds}
-    for start in sorted(set(starts.values())):
-        group = [s for s in seeds if starts[s] == start]
-        learner = (MarkovSeeds if config.task.kind == "markov" else SeedStack)(config, group, device)
-        run_loop(learner, config, [seed_dir(out, s) for s in group], start, progress,
-                 f"train {config.name} x{len(group)} seeds")
-    return [load_run(seed_dir(out, s)) for s in seeds]

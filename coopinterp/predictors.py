@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .markov import stationary
+from .tasks.markov import stationary
 
 NAMES = ("uni_ret", "uni_inf", "bi_ret", "bi_inf")
 BUDGET = 1 << 23  # numbers per retrieval chunk (64 MB of float64)

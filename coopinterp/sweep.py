@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoints import ResumeState, load_run, read_run_config
+from .checkpoints import ResumeState, read_run_config
 from .cluster import ray_session
-from .config import RunConfig, preset, read_json
+from .config import RunConfig, read_json
 from .errors import CheckpointError, ConfigError, CoopError
+from .runs import load_run
+from .tasks import preset
 
 SPEC_KEYS = ("base", "grid", "set")
 

@@ -15,8 +15,73 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .config import TaskConfig
+from .config import check
 from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The synthetic exemplar-label task's config section (docs/reference.md, "The task")."""
+
+    n_classes: int = 12_800
+    n_labels: int | None = None  # None: one label per class (L = K); else k -> k mod L
+    exemplars_per_class: int = 20
+    dim: int = 64
+    eps: float = 0.5  # within-class noise relative to the class prototype
+    # Families (Omniglot's characters x rotations): F consecutive classes share a family direction and differ
+    # by `family_delta`, so the full K-way map is hard to memorise while two-way choices stay easy. 1: none.
+    family_size: int = 1
+    family_delta: float = 0.15
+    # Levers on the query's direct path (docs/direct_path_search.md); at their defaults they draw nothing.
+    shared_mean: float = 0.0  # a component common to every exemplar, in units of the class part (ResNet-like mean)
+    p_same_family: float = 0.0  # chance that a training sequence's distractor class is from the query's family
+    p_same_family_from: int = 0  # the training step from which p_same_family applies (0 before; e.g. after ICL forms)
+    context_pairs: int = 2
+    holdout_classes: int = 0  # the last H classes never appear in training
+    p_bursty: float = 1.0  # with N > 2: share of sequences that hold the query's class
+    zipf_alpha: float = 0.0  # 0: uniform classes; > 0: class rank r drawn with p ~ r^-alpha
+    match_query: bool = False  # persistent-ICL intervention on the training distribution
+    seed: int = 0  # seeds the exemplar bank
+    kind: str = "exemplar"  # the task section's tag (coopinterp.tasks)
+
+    @property
+    def labels(self) -> int:
+        return self.n_labels or self.n_classes
+
+    @property
+    def train_classes(self) -> int:
+        return self.n_classes - self.holdout_classes
+
+    @property
+    def seq_len(self) -> int:
+        return 2 * self.context_pairs + 1
+
+    def validate(self) -> None:
+        L = self.labels
+        check(self.n_classes >= 3, f"n_classes must be >= 3, got {self.n_classes}")
+        check(3 <= L <= self.n_classes, f"n_labels must be in [3, n_classes], got {L}")
+        check(self.n_classes % L == 0, f"n_classes ({self.n_classes}) must be a multiple of n_labels ({L})")
+        check(self.exemplars_per_class >= 2, f"exemplars_per_class must be >= 2, got {self.exemplars_per_class}")
+        check(self.dim >= 1, f"dim must be >= 1, got {self.dim}")
+        check(self.eps >= 0 and math.isfinite(self.eps), f"eps must be finite and >= 0, got {self.eps}")
+        check(self.family_size >= 1 and self.n_classes % self.family_size == 0,
+              f"family_size must be >= 1 and divide n_classes ({self.n_classes}), got {self.family_size}")
+        check(self.family_delta > 0 and math.isfinite(self.family_delta),
+              f"family_delta must be finite and > 0, got {self.family_delta}")
+        check(self.shared_mean >= 0 and math.isfinite(self.shared_mean),
+              f"shared_mean must be finite and >= 0, got {self.shared_mean}")
+        check(0.0 <= self.p_same_family <= 1.0, f"p_same_family must be in [0, 1], got {self.p_same_family}")
+        check(self.p_same_family_from >= 0, f"p_same_family_from must be >= 0, got {self.p_same_family_from}")
+        if self.p_same_family > 0:  # family mates must be training classes with labels of their own
+            check(self.family_size > 1 and L >= self.family_size and self.holdout_classes % self.family_size == 0,
+              "p_same_family > 0 needs family_size > 1, n_labels >= family_size and holdout_classes a "
+              "multiple of family_size")
+        check(self.context_pairs >= 2, f"context_pairs must be >= 2, got {self.context_pairs}")
+        check(self.holdout_classes == 0 or 3 <= self.holdout_classes <= self.n_classes - 3,
+              f"holdout_classes must be 0 or in [3, n_classes - 3], got {self.holdout_classes}")
+        check(0.0 <= self.p_bursty <= 1.0, f"p_bursty must be in [0, 1], got {self.p_bursty}")
+        check(self.zipf_alpha >= 0, f"zipf_alpha must be >= 0, got {self.zipf_alpha}")
+
 
 EVALUATORS = ("train", "icl", "ciwl", "flip", "iwl")
 
@@ -219,3 +284,9 @@ def loss(logits: Float[Tensor, "... n labels"], batch: Batch) -> Float[Tensor, "
     """Cross-entropy at the query over all labels, against the evaluator's target."""
     target = batch.target.expand(logits.shape[:-1])
     return F.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction="none").reshape(target.shape).mean(-1)
+
+
+def eval_batches(task: TaskConfig, n: int, seed: int, device: str = "cpu") -> dict[str, Batch]:
+    """One batch per evaluator, each analysis reads the ones it needs; drawn on the CPU, so that every device
+    sees the same sequences."""
+    return {ev: make_batch(task, ev, n, seed=seed + i).to(device) for i, ev in enumerate(EVALUATORS)}

@@ -1,8 +1,8 @@
 """Training: one loop for one seed or many, Adam on the query loss, checkpoint schedule, evaluator logging,
 forgetting interventions, resume and extension.
 
-The loop (`run_loop`) drives a `Learner`: one seed here (`SingleSeed`), many at once in multiseed.py
-(`SeedStack`). Resume is exact: the newest state (float32 weights, Adam moments, the data stream's RNG) is saved
+The loop (`run_loop`) drives a `Learner` (learner.py) that the run's task builds (coopinterp.tasks): one seed
+(`train`) or many at once (`train_seeds`); the loop never learns the task. Resume is exact: the newest state (float32 weights, Adam moments, the data stream's RNG) is saved
 at every evaluation, on Ctrl-C and at the end, and the forgetting re-inits draw from a generator seeded by
 (seed, step), so an interrupted CPU run continues bit-identically, and a finished run extended to more steps
 ends with the weights of a run trained to that length straight away. Ctrl-C (SIGINT) takes effect only between
@@ -12,6 +12,7 @@ at once; the run then resumes from its last evaluation, as after a kill.
 """
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
@@ -26,16 +27,14 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .checkpoints import ResumeState, Run, load_run, prepare_run_dir, save_checkpoint
+from .checkpoints import ResumeState, prepare_run_dir
 from .config import RunConfig
-from .markov import MarkovBatch
-from .markov_model import MarkovSeeds, training_batches
-from .errors import CoopError
-from .model import CoopModel
+from .errors import ConfigError, CoopError
+from .learner import Learner, Results
+from .runs import NativeRun, load_run
 from .tables import concat, read_table, table, write_table
-from .task import EVALUATORS, Batch, accuracy, loss, make_batch, sample_train
+from .tasks import task_of
 
-EVAL_SEED = 10_000
 LOG_EVERY_S = 30.0  # without a terminal, a progress line at most this often
 
 
@@ -65,31 +64,6 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def eval_batches(config: RunConfig, device: str) -> dict[str, Batch] | dict[str, MarkovBatch]:
-    """Fixed evaluation batches (train classes, and holdout classes when the task has them; the Markov task: its
-    in- and out-of-distribution sequences)."""
-    if config.task.kind == "markov":
-        return training_batches(config, device)
-    task, n = config.task, config.train.eval_n
-    batches = {ev: make_batch(task, ev, n, seed=EVAL_SEED + i, device=device) for i, ev in enumerate(EVALUATORS)}
-    if task.holdout_classes:
-        for i, ev in enumerate(EVALUATORS):
-            batches[f"{ev}/holdout"] = make_batch(task, ev, n, seed=EVAL_SEED + 100 + i, holdout=True, device=device)
-    return batches
-
-
-Results = dict[str, dict[str, float]]  # evaluator -> {"acc": ..., "loss": ...}
-
-
-@torch.no_grad()
-def evaluate(model: CoopModel, batches: dict[str, Batch]) -> Results:
-    out = {}
-    for name, batch in batches.items():
-        logits = model.fast_logits(batch.exemplars, batch.labels)
-        out[name] = {"acc": accuracy(logits, batch).item(), "loss": loss(logits, batch).item()}
-    return out
-
-
 def metric_rows(run_name: str, step: int, seqs: int, results: Results) -> pd.DataFrame:
     return table({"run": run_name, "step": step, "seqs_seen": seqs, "analysis": "behavior", "metric": metric,
                   "evaluator": ev, "value": value}
@@ -103,77 +77,12 @@ def forget_now(config: RunConfig, step: int) -> bool:
     return t.forgetting == "active" or step < t.forget_until
 
 
-def forget_generator(seed: int, step: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """The generator of the forgetting re-init at `step`: a function of (seed, step), so resume is exact. It lives on
-    the parameters' device (a CPU generator serves cpu and meta, which has none of its own)."""
-    device = torch.device(device)
-    where = "cpu" if device.type in ("cpu", "meta") else device
-    return torch.Generator(device=where).manual_seed(seed * 1_000_003 + step)
-
-
-@runtime_checkable
-class Learner(Protocol):
-    """What the loop needs of the models it trains: seed j of len(self) writes the run directory dirs[j]."""
-
-    device: str
-
-    def __len__(self) -> int: ...
-    def load_state(self, j: int, run_dir: Path) -> int: ...
-    def save_state(self, j: int, run_dir: Path, step: int) -> None: ...
-    def save_checkpoint(self, j: int, run_dir: Path, step: int) -> None: ...
-    def evaluate(self, batches: dict[str, Batch]) -> list[Results]: ...
-    def forget(self, step: int) -> None: ...
-    def train_step(self, step: int | None = None) -> None: ...
-
-
-class SingleSeed:
-    """One model, its Adam and its data stream (the seed of `config.train`)."""
-
-    def __init__(self, config: RunConfig, device: str):
-        t = config.train
-        self.config, self.device = config, device
-        self.model = CoopModel(config.task, config.model, seed=t.seed).to(device)
-        self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=t.lr, fused=True)
-        self.gen = torch.Generator(device=device).manual_seed(t.seed)
-
-    def __len__(self) -> int:
-        return 1
-
-    def load_state(self, j: int, run_dir: Path) -> int:
-        return ResumeState(run_dir).load(self.model, self.opt, self.gen)
-
-    def save_state(self, j: int, run_dir: Path, step: int) -> None:
-        ResumeState(run_dir).save(step, self.model, self.opt, self.gen)
-
-    def save_checkpoint(self, j: int, run_dir: Path, step: int) -> None:
-        t = self.config.train
-        save_checkpoint(run_dir, self.model, step, step * t.batch_size, t.checkpoint_dtype)
-
-    def evaluate(self, batches: dict[str, Batch]) -> list[Results]:
-        return [evaluate(self.model, batches)]
-
-    def forget(self, step: int) -> None:
-        """Re-initialise the exemplar or label embedding and its Adam state (Anand et al.'s forgetting)."""
-        t = self.config.train
-        self.model.reset_embedding(t.forget_target, forget_generator(t.seed, step, self.model.label_embedding.device))
-        for param in self.model.forget_parameters(t.forget_target):
-            for value in self.opt.state.get(param, {}).values():
-                value.zero_()
-
-    def train_step(self, step: int | None = None) -> None:
-        batch = sample_train(self.config.task, self.config.train.batch_size, self.gen, step)
-        train_loss = F.cross_entropy(self.model.fast_logits(batch.exemplars, batch.labels), batch.target)
-        self.opt.zero_grad(set_to_none=True)
-        train_loss.backward()
-        self.opt.step()
-
-
 class Reporter:
     """Progress: a rich bar on a terminal; elsewhere (a log file, CI) a plain line at most every LOG_EVERY_S
     seconds and at the end, so that long runs are never silent."""
 
-    def __init__(self, label: str, total: int, start: int, enabled: bool):
-        self.label, self.total, self.start = label, total, start
+    def __init__(self, label: str, total: int, start: int, enabled: bool, summary: Callable[[list[Results]], str]):
+        self.label, self.total, self.start, self.summary = label, total, start, summary
         self.plain = enabled and not sys.stdout.isatty()
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
@@ -192,13 +101,7 @@ class Reporter:
         self.bar.update(self.task, completed=step)
 
     def evaluated(self, step: int, results: list[Results]) -> None:
-        if "train" in results[0]:
-            mean = {ev: sum(r[ev]["acc"] for r in results) / len(results) for ev in ("icl", "ciwl", "flip")}
-            train_loss = sum(r["train"]["loss"] for r in results) / len(results)
-            stats = f"loss {train_loss:.3f}  " + "  ".join(f"{ev} {v:.2f}" for ev, v in mean.items())
-        else:  # the Markov task logs a loss per evaluator
-            stats = "  ".join(f"{ev} loss {sum(r[ev]['loss'] for r in results) / len(results):.3f}"
-                              for ev in results[0])
+        stats = self.summary(results)
         stats = stats if len(results) == 1 else f"mean over {len(results)} seeds: {stats}"
         self.bar.update(self.task, completed=step, stats=stats)
         now = time.monotonic()
@@ -243,9 +146,10 @@ def run_loop(learner: Learner, config: RunConfig, dirs: list[Path], start: int, 
         m = read_table(path) if start and path.exists() else table([])
         metrics.append(m[m.step < start])
     schedule = set(checkpoint_schedule(t.steps, t.n_checkpoints))
-    batches = eval_batches(config, learner.device)
+    task = task_of(config)
+    batches = task.training_batches(config, learner.device)
     step = start
-    with Reporter(label, t.steps, start, progress) as report, interrupts_between_steps() as interrupted:
+    with Reporter(label, t.steps, start, progress, task.progress) as report, interrupts_between_steps() as interrupted:
         while True:
             if interrupted():  # between steps: weights, Adam, RNG and metrics are those of the straight run here
                 for j, d in enumerate(dirs):
@@ -275,13 +179,54 @@ def run_loop(learner: Learner, config: RunConfig, dirs: list[Path], start: int, 
                 report.advance(step)
 
 
-def train(config: RunConfig, out_dir: str | Path, progress: bool = True, device: str | None = None) -> Run:
-    """Train (or resume, or extend to more steps) a run into `out_dir`; returns the loaded Run."""
+def train(config: RunConfig, out_dir: str | Path, progress: bool = True, device: str | None = None) -> NativeRun:
+    """Train (or resume, or extend to more steps) a run into `out_dir`; returns the loaded run."""
     config.validate()
     device = resolve_device(device)
     out = Path(out_dir)
     prepare_run_dir(config, out)
-    learner = MarkovSeeds(config, [config.train.seed], device) if config.task.kind == "markov" \
-        else SingleSeed(config, device)
+    learner = task_of(config).learner(config, None, device)
     run_loop(learner, config, [out], ResumeState(out).step(), progress, f"train {config.name}")
     return load_run(out)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-31' -> [0, ..., 31]; '0,2,5' -> [0, 2, 5]; ranges and lists mix ('0-3,8')."""
+    seeds: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise ConfigError(f"bad seed list {text!r}: use e.g. '0-31' or '0,2,5'")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        seeds.extend(range(lo, hi + 1))
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seed list {text!r} repeats a seed")
+    return seeds
+
+
+def seed_dir(out: str | Path, seed: int) -> Path:
+    return Path(out) / f"seed_{seed}"
+
+
+def train_seeds(config: RunConfig, seeds: list[int], out_dir: str | Path, progress: bool = True,
+                device: str | None = None) -> list[NativeRun]:
+    """Train (or resume) one run per seed into OUT/seed_{s}/, all seeds at once; returns their Runs.
+
+    Seeds whose saved states stand at different steps (e.g. a seed list extended later) train in groups.
+    """
+    config.validate()
+    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ConfigError(f"seeds must be distinct non-negative integers, got {seeds}")
+    device = resolve_device(device)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    for s in seeds:
+        prepare_run_dir(config.replace(train={"seed": s}), seed_dir(out, s))
+    starts = {s: ResumeState(seed_dir(out, s)).step() for s in seeds}
+    for start in sorted(set(starts.values())):
+        group = [s for s in seeds if starts[s] == start]
+        learner = task_of(config).learner(config, group, device)
+        run_loop(learner, config, [seed_dir(out, s) for s in group], start, progress,
+                 f"train {config.name} x{len(group)} seeds")
+    return [load_run(seed_dir(out, s)) for s in seeds]

@@ -324,7 +324,7 @@ def test_options_are_typed_and_checked():
         heads: bool = True
         nbeta: float | None = None
 
-    rec = Analysis("mine", 1, lambda model, batches, options: [], "test", options=Opts)
+    rec = Analysis("mine", 1, {"exemplar": lambda model, batches, options: []}, "test", options=Opts)
     assert rec.parse(None) == {"mode": "zero", "lr": 1e-3, "draws": 10, "heads": True, "nbeta": None}
     assert rec.parse({"mode": "mean", "lr": "3e-4", "draws": "5", "heads": "false", "nbeta": "none"}) == \
         {"mode": "mean", "lr": 3e-4, "draws": 5, "heads": False, "nbeta": None}

@@ -80,9 +80,26 @@ def test_format_1_runs_load_as_label_forgetting(run_copy):
     meta["config"]["train"].update(forgetting="active", forget_every=10)
     (run_copy / "run.json").write_text(json.dumps({**meta, "format_version": 1}))
     assert ci.load_run(run_copy).config.train.forget_target == "label"
-    (run_copy / "run.json").write_text(json.dumps({**meta, "format_version": 3}))
-    with pytest.raises(ci.CheckpointError, match="format_version 3; this coopinterp reads 1, 2"):
+    (run_copy / "run.json").write_text(json.dumps({**meta, "format_version": 4}))
+    with pytest.raises(ci.CheckpointError, match="format_version 4; this coopinterp reads 1, 2, 3"):
         ci.load_run(run_copy)
+
+
+def test_format_2_run_json_holds_every_task_field(run_copy):
+    """Format 2 wrote one task section with the fields of every task: a Markov run's exemplar fields (and an
+    exemplar run's Markov fields) are dropped on reading, a typo still stops, and the cache key is unchanged."""
+    markov = ci.preset("markov-tiny")
+    exemplar_fields = {k: v for k, v in ci.TaskConfig().__dict__.items() if k not in ("seed", "kind")}
+    old = {**markov.to_dict(), "task": {**exemplar_fields, **markov.to_dict()["task"]}}
+    assert ci.RunConfig.from_run_json({"config": old, "format_version": 2}, "run.json") == markov
+    with pytest.raises(ci.ConfigError, match="unknown task config key"):
+        ci.RunConfig.from_run_json({"config": {"task": {"kind": "markov", "n_chain": 3}}, "format_version": 2},
+                                   "run.json")
+    from coopinterp.runs import NativeRun
+
+    key = NativeRun(run_copy, markov, [0]).analysis_config()
+    assert key == {"task": {"kind": "markov", "n_chains": 4, "n_states": 3, "markov_len": 16},
+                   "model": {"n_heads": 2, "d_model": 16}}
 
 
 def test_config_round_trip_and_validation(tmp_path):

@@ -103,7 +103,7 @@ def test_out_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
 def test_train_needs_a_preset_or_a_config(tmp_path):
     result = invoke("train", "--out", tmp_path / "run")
     one_line_error(result, "train needs --preset (")
-    assert all(name in result.stderr for name in ci.config.PRESETS) and "or --config FILE" in result.stderr
+    assert all(name in result.stderr for name in ci.PRESETS) and "or --config FILE" in result.stderr
     one_line_error(invoke("train", "--out", tmp_path / "run", "--preset", "tiny", "--config", "x.json"),
                    "give --preset or --config, not both")
     assert not (tmp_path / "run").exists()

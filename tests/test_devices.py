@@ -68,7 +68,7 @@ def test_analyses_stay_on_the_model_device(meta, name, call):
 @pytest.mark.parametrize("target", ["exemplar", "label"])
 def test_a_training_step_and_forgetting_stay_on_the_model_device(tiny_config, target):
     """The fast forward, backward, an Adam step and a forgetting reset (drawn on the parameters' device) on meta."""
-    from coopinterp.training import SingleSeed
+    from coopinterp.tasks.exemplar import SingleSeed
 
     cfg = tiny_config.replace(train={"forgetting": "active", "forget_every": 1, "forget_target": target})
     learner = SingleSeed(cfg, "cpu")

@@ -27,7 +27,7 @@ KEYS = ["metric", "evaluator", "layer", "head", "src_layer", "src_head", "compon
 def rows_of(run, step: int, cache_dir: Path) -> dict[str, dict]:
     out = {}
     for name, record in an.registry().items():
-        if not record.applies(run.kind):
+        if not record.applies(run.model_kinds):
             continue
         df = an.analyze(run, [name], steps=[step], n=N, seed=SEED, progress=False, cache_dir=cache_dir,
                         options={name: OPTIONS[name]} if name in OPTIONS else None, recompute=True)

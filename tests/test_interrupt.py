@@ -17,10 +17,11 @@ import torch
 
 import coopinterp as ci
 from coopinterp.checkpoints import load_tensors, list_checkpoints
-from coopinterp.multiseed import train_seeds
+from coopinterp.training import train_seeds
 from coopinterp.training import TrainingInterrupted
 
 training = importlib.import_module("coopinterp.training")
+exemplar = importlib.import_module("coopinterp.tasks.exemplar")
 multiseed = importlib.import_module("coopinterp.multiseed")
 
 
@@ -66,11 +67,11 @@ def straight(cfg, tmp_path_factory):
 
 # (object, attribute, call that sends SIGINT, before the call's work?): the points the old handler broke at
 POINTS = {
-    "after a weight update": (training.SingleSeed, "train_step", 57, False),
-    "inside data sampling": (training, "sample_train", 58, True),
-    "mid-evaluation": (training, "evaluate", 2, True),
-    "mid-checkpoint write": (training, "save_checkpoint", 3, True),
-    "mid-forgetting": (training.SingleSeed, "forget", 2, False),
+    "after a weight update": (exemplar.SingleSeed, "train_step", 57, False),
+    "inside data sampling": (exemplar, "sample_train", 58, True),
+    "mid-evaluation": (exemplar, "evaluate", 2, True),
+    "mid-checkpoint write": (exemplar, "save_checkpoint", 3, True),
+    "mid-forgetting": (exemplar.SingleSeed, "forget", 2, False),
 }
 
 
@@ -87,14 +88,14 @@ def test_sigint_anywhere_resumes_to_the_straight_run(point, cfg, straight, tmp_p
 
 
 def test_a_second_sigint_stops_at_once_and_the_run_still_resumes(cfg, straight, tmp_path, monkeypatch):
-    real = training.SingleSeed.train_step
+    real = exemplar.SingleSeed.train_step
 
     def twice(self, step=None):
         if self.opt.state and int(next(iter(self.opt.state.values()))["step"]) == 70:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
         real(self, step)
-    monkeypatch.setattr(training.SingleSeed, "train_step", twice)
+    monkeypatch.setattr(exemplar.SingleSeed, "train_step", twice)
     with pytest.raises(KeyboardInterrupt):
         ci.train(cfg, tmp_path / "split", progress=False, device="cpu")
     monkeypatch.undo()

@@ -15,7 +15,7 @@ from coopinterp.analysis import paper_checks as PC
 from coopinterp.analysis import patching as P
 from coopinterp.cli import app
 from coopinterp.tables import table
-from coopinterp.training import evaluate
+from coopinterp.tasks.exemplar import evaluate
 from coopinterp.task import EVALUATORS, accuracy, loss
 
 TOL = dict(atol=1e-5, rtol=1e-5)

@@ -1,18 +1,15 @@
 """The Markov-chain task: chains, sampling, the model's two forwards, training (run format, resume, seeds) and the
 token analyses on its checkpoints."""
-import importlib
-
 import pytest
 import torch
 
 import coopinterp as ci
-from coopinterp import markov
-from coopinterp.markov_model import MarkovModel, MarkovRun, MarkovSeeds
-from coopinterp.multiseed import train_seeds
-from coopinterp.training import TrainingInterrupted
+from coopinterp.runs import NativeRun
+from coopinterp.tasks import markov
+from coopinterp.tasks.markov import MarkovModel, MarkovSeeds
+from coopinterp.training import TrainingInterrupted, train_seeds
 from test_interrupt import assert_same_run, sigint_on_call
 
-markov_model = importlib.import_module("coopinterp.markov_model")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +67,7 @@ def test_fast_forward_equals_the_bridge(task):
 
 
 def test_markov_run_format_and_analyses(markov_run):
-    assert isinstance(markov_run, MarkovRun) and markov_run.kind == "markov"
+    assert isinstance(markov_run, NativeRun) and markov_run.model_kinds == ("markov", "tokens")
     assert (markov_run.path / "run.json").is_file() and markov_run.steps[0] == 0
     m = markov_run.metrics
     assert set(m.evaluator) == {"markov_id", "markov_ood"} and set(m.metric) == {"loss"}
@@ -101,7 +98,7 @@ def test_seeds_train_as_single_runs(markov_run, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"task": {"kind": "tokens"}}, "task kind must be one of"),
+    ({"task": {"kind": "tokens"}}, "unknown task kind .tokens.; choose from exemplar, markov"),
     ({"task": {"n_states": 1}}, "n_states must be >= 2"),
     ({"task": {"dirichlet_alpha": 0.0}}, "dirichlet_alpha must be finite and > 0"),
 ])

@@ -5,7 +5,8 @@ import torch
 
 import coopinterp as ci
 from coopinterp.checkpoints import load_tensors
-from coopinterp.multiseed import SeedStack, parse_seeds, seed_dir, stacked_logits, train_seeds
+from coopinterp.multiseed import SeedStack, stacked_logits
+from coopinterp.training import parse_seeds, seed_dir, train_seeds
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,7 @@ def hf_attentions(folder: Path, tokens: torch.Tensor) -> torch.Tensor:
 
 def test_planted_heads_score_as_built(planted_run, tmp_path):
     run = open_run(planted_run)
-    assert run.steps == [0, 500] and run.kind == "tokens"
+    assert run.steps == [0, 500] and run.model_kinds == ("tokens",)
     df = an.analyze(run, ["attention", "behavior"], n=64, progress=False, cache_dir=tmp_path)
     last = df[df.step == 500].set_index(["metric", "layer", "head"]).value
     assert last["prev_token_score", 0, 0] > 0.95
@@ -326,9 +326,30 @@ def test_bad_runs_are_one_line_errors_and_write_nothing(planted_run, tmp_path):
     assert text.exit_code == 2 and "not found" in text.output and not (tmp_path / "t.parquet").exists()
     with pytest.raises(CheckpointError, match="no checkpoint at step 3"):
         open_run(planted_run).model(3)
-    for verb in ("patch", "clamp", "app"):  # the exemplar task's commands name what to use instead
+    for verb in ("clamp", "app"):  # the exemplar task's protocols name what to use instead
         refused = _cli(verb, planted_run)
-        assert refused.exit_code == 2 and "token model" in refused.output and len(refused.output.splitlines()) == 1
+        assert refused.exit_code == 2 and "tokens model" in refused.output and len(refused.output.splitlines()) == 1
+        assert "ablate" in refused.output
+    graft = _cli("graft", planted_run, "--donor", planted_run, "--groups", "layer0")
+    assert graft.exit_code == 2 and "protocol of the exemplar task" in graft.output
+
+
+def test_patch_a_path_of_an_outside_run(planted_run, tmp_path):
+    """`patch` on a token run: the planted previous-token head L0H0 patched into the induction head L1H1's key
+    breaks the repeat (as the path_patching analysis finds, to the same loss), into its query or value it does
+    not; a receiver below its sender is a one-line error."""
+    df = an.analyze(open_run(planted_run), ["path_patching"], steps=[500], n=16, progress=False, cache_dir=tmp_path)
+    loss = df[df.metric == "loss"].set_index(["src_layer", "src_head", "layer", "head", "component"]).value
+    result = _cli("patch", planted_run, "--senders", "0.0", "--receivers", "1.1,1.0", "--n", 16, "--step", 500)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [float(cell.split()[0]) for cell in line.split("│")[2:5]]
+            for line in result.output.splitlines() if line.startswith("│ 1.")}
+    for receiver, (q, k, v) in rows.items():
+        head = int(receiver.split(".")[1])
+        assert [q, k, v] == pytest.approx([loss[0, 0, 1, head, c] for c in "qkv"], abs=1e-4)
+    assert rows["1.1"][1] > rows["1.1"][0] + 1 and rows["1.0"] == pytest.approx([rows["1.0"][0]] * 3, abs=1e-4)
+    backwards = _cli("patch", planted_run, "--senders", "1.0", "--receivers", "0.1", "--n", 8)
+    assert backwards.exit_code == 2 and "above every sender" in backwards.output
 
 
 def test_ablate_a_set_of_heads_of_an_outside_run(planted_run):

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from coopinterp import markov, predictors
+from coopinterp import predictors
+from coopinterp.tasks import markov
 
 
 def brute_force(tokens: list[int], P: torch.Tensor, alpha: float) -> dict[str, list[list[float]]]:

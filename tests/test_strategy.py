@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import coopinterp as ci
-from coopinterp import markov, plots
+from coopinterp import plots
+from coopinterp.tasks import markov
 from coopinterp.analysis import strategy
 from coopinterp.plots.strategy import PREDICTORS
 from coopinterp.predictors import NAMES, kl, predictors
@@ -133,7 +134,7 @@ def test_rows_on_a_markov_checkpoint(markov_run):
         residual = g[g.metric == "mix_residual_kl"].value.item()
         assert residual == pytest.approx(reference_kl(probs, mix), rel=1e-6, abs=1e-9)
         assert residual <= min(want.values()) + 1e-9  # each predictor alone is a mix
-    assert "strategy" in ci.analysis.default_analyses("markov")
+    assert "strategy" in ci.analysis.default_analyses(("markov", "tokens"))
 
 
 def test_strategy_applies_to_markov_runs_only(tiny_run):

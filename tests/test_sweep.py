@@ -83,7 +83,7 @@ def test_ray_local_markov_sweep(tmp_path):
     results = run_sweep(spec, tmp_path, ray_address="local", workers=1, device="cpu")
     assert [r.status for r in results] == ["done", "done"], results
     run = ci.load_run(tmp_path / "n_chains=4")
-    assert run.kind == "markov" and run.config.task.n_chains == 4 and run.steps[-1] == 12
+    assert run.config.task.kind == "markov" and run.config.task.n_chains == 4 and run.steps[-1] == 12
     assert [r.status for r in run_sweep(spec, tmp_path, device="cpu")] == ["skipped", "skipped"]
 
 

@@ -17,9 +17,6 @@ cannot be written is analysed without a cache (one warning). The cache: cache.py
 """
 from __future__ import annotations
 
-import functools
-import importlib
-import pkgutil
 from pathlib import Path
 from typing import Sequence
 
@@ -35,46 +32,13 @@ from rich.progress import (
 
 from ..errors import ConfigError
 from ..tables import concat
+from ..task import eval_batches
 from ..threads import default_workers
 from .cache import Cache
 from .executors import Here, Job, choose, step_frames
-from .forwards import CleanRun, clean_run, eval_batches, shared_forwards
+from .forwards import CleanRun, clean_run, shared_forwards
 from .record import Analysis
-
-
-@functools.lru_cache(maxsize=None)
-def registry() -> dict[str, Analysis]:
-    """Every analysis of this package, by name: the modules that declare an `ANALYSIS` record."""
-    found = {}
-    for info in pkgutil.iter_modules(__path__):
-        record = getattr(importlib.import_module(f"{__name__}.{info.name}"), "ANALYSIS", None)
-        if isinstance(record, Analysis):
-            found[record.name] = record
-    return dict(sorted(found.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER)))
-
-
-ORDER = ("behavior", "attention", "composition", "ablation", "path_patching", "clamping", "paper_checks", "llc")
-
-
-def default_analyses(kind: str = "exemplar") -> list[str]:
-    """What analyze() runs when not told: every analysis for this kind of model but the opt-in ones."""
-    return [name for name, a in registry().items() if not a.opt_in and a.applies(kind)]
-
-
-def _names(analyses: str | Sequence[str] | None, kind: str) -> list[str]:
-    if analyses is None:
-        return default_analyses(kind)
-    names = [analyses] if isinstance(analyses, str) else list(analyses)
-    known = registry()
-    unknown = [a for a in names if a not in known]
-    if unknown or not names:
-        raise ConfigError(f"unknown analysis {', '.join(map(repr, unknown)) or '(none given)'}; "
-                          f"choose from {', '.join(known)}")
-    wrong = [a for a in names if not known[a].applies(kind)]
-    if wrong:
-        raise ConfigError(f"analysis {', '.join(wrong)} does not apply to this run's {kind} model; "
-                          f"choose from {', '.join(default_analyses(kind))}")
-    return list(dict.fromkeys(names))
+from .registry import check_names, default_analyses, registry
 
 
 def _options(names: list[str], options: dict[str, dict] | None) -> dict[str, dict | None]:
@@ -106,7 +70,7 @@ def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[in
     built-in exemplar model always reads its task's evaluators. `ray` fans the checkpoints to compute out over a
     Ray cluster instead of local processes (cluster.py: "local", "auto" or an address), into the same cache.
     """
-    names = _names(analyses, run.kind)
+    names = check_names(analyses, run.model_kinds)
     steps = list(run.steps) if steps is None else list(dict.fromkeys(run.check_step(int(s)) for s in steps))
     if n < 2:
         raise ConfigError(f"n must be >= 2, got {n}")

@@ -19,7 +19,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 from ..model import CoopModel
-from ..outside import TokenModel
+from ..token_model import TokenModel
 from ..sources import TokenBatch
 from ..task import Batch
 from .engine import (
@@ -125,10 +125,8 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
 
 
 @torch.no_grad()
-def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
+def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
     """Every head ablated alone, in every mode: acc, logit difference and loss on every evaluator."""
-    if model.kind == "tokens":
-        return token_rows(model, batches)
     engine, heads, out = Engine(model), all_heads(model.cfg), []
     masks = head_masks([[h] for h in heads], model.cfg)
     for ev, batch in batches.items():
@@ -173,8 +171,7 @@ def headline(rows: pd.DataFrame) -> str:
     return f"largest loss increase {top.value:.3f} ({top.layer}.{top['head']}, {top.component})"
 
 
-ANALYSIS = Analysis("ablation", 2, rows, "every head ablated alone (zero, mean, resample): accuracy, logit "
-                    "difference and loss "
-                    "(token models: next-token loss and its change)", models=("exemplar", "tokens"),
-                    headline=headline,
+ANALYSIS = Analysis("ablation", 2, {"exemplar": rows, "tokens": token_rows},
+                    "every head ablated alone (zero, mean, resample): accuracy, logit difference and loss "
+                    "(token models: next-token loss and its change)", headline=headline,
                     figures=("ablation", "ablation_heatmap_icl"))

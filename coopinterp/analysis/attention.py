@@ -28,7 +28,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..model import CoopModel
-from ..outside import TokenModel
+from ..token_model import TokenModel
 from ..sources import TokenBatch
 from ..task import Batch
 from .forwards import clean_run, token_run
@@ -96,8 +96,7 @@ def token_scores(model: TokenModel,
     return out
 
 
-def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
-    found = token_scores(model, batches) if model.kind == "tokens" else scores(model, batches)
+def score_rows(found: dict[tuple[str, str | None], Float[Tensor, "layer head"]]) -> list[dict]:
     return [{"metric": metric, "evaluator": ev, "layer": layer, "head": head, "value": value}
             for (metric, ev), s in found.items()
             for layer, per_head in enumerate(s.tolist()) for head, value in enumerate(per_head)]
@@ -110,8 +109,15 @@ def headline(rows: pd.DataFrame) -> str:
                              zip(best.metric, best.value, best.layer, best["head"]))
 
 
-ANALYSIS = Analysis("attention", 1, rows, "previous-token, self, induction and skip-trigram attention of every head "
+def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
+    return score_rows(scores(model, batches))
+
+
+def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
+    return score_rows(token_scores(model, batches))
+
+
+ANALYSIS = Analysis("attention", 1, {"exemplar": rows, "tokens": token_rows}, "previous-token, self, induction and skip-trigram attention of every head "
                     "(token models: previous-token, self, duplicate-token, induction, OV copying)",
-                    models=("exemplar", "tokens"),
                     figures=("layer0_attention", "layer1_attention", "induction_heatmap", "circuit_evolution"),
                     headline=headline)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..model import CoopModel
-from ..outside import TokenModel
+from ..token_model import TokenModel
 from ..sources import TokenBatch
 from ..task import Batch
 from .engine import Engine
@@ -29,9 +29,7 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
     return out
 
 
-def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch]) -> list[dict]:
-    if model.kind == "tokens":
-        return token_rows(model, batches)
+def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
     engine, out = Engine(model), []
     for ev, batch in batches.items():
         scores = engine.score(clean_run(model, batch).hidden, batch, ("acc", "loss"))
@@ -46,6 +44,6 @@ def headline(rows: pd.DataFrame) -> str:
     return "acc " + " ".join(f"{ev} {v:.2f}" for ev, v in zip(acc.evaluator, acc.value))
 
 
-ANALYSIS = Analysis("behavior", 1, rows, "accuracy and loss of every evaluator (token models: next-token loss)",
-                    models=("exemplar", "tokens"),
+ANALYSIS = Analysis("behavior", 1, {"exemplar": rows, "tokens": token_rows},
+                    "accuracy and loss of every evaluator (token models: next-token loss)",
                     figures=("behavior", "circuit_evolution"), headline=headline)

@@ -14,18 +14,13 @@ import pandas as pd
 from ..errors import CoopError
 from ..tables import read_table, write_table
 from .record import Analysis
-
-
-def _record(analysis: str) -> Analysis:
-    from . import registry  # the package imports this module: look it up when called
-
-    return registry()[analysis]
+from .registry import registry
 
 
 def _draws_own_data(run, record: Analysis) -> bool:
     """Whether the analysis draws its own batches on this run's kind of model (then the evaluation batches' n and
     seed are neither in its file name nor in its key). The one place the cache reads the run's kind."""
-    return run.kind in record.own_data
+    return record.draws_own_data(run.model_kinds)
 
 
 def _caller_outside_this_package() -> int:
@@ -59,7 +54,7 @@ class Cache:
         self.writable = True
 
     def path(self, step: int, analysis: str, root: Path | None = None) -> Path:
-        batches = "" if _draws_own_data(self.run, _record(analysis)) else f".n{self.n}.seed{self.seed}"
+        batches = "" if _draws_own_data(self.run, registry()[analysis]) else f".n{self.n}.seed{self.seed}"
         source = "" if self.source is None else f".{hashlib.sha256(self.source.encode()).hexdigest()[:8]}"
         return (root or self.root) / analysis / f"step_{step:09d}{batches}{source}.parquet"
 
@@ -71,7 +66,7 @@ class Cache:
         return {**self.step_key_without_weights(), "checkpoint": file_hash(self.run.weights_file(step))}
 
     def key(self, analysis: str, step_key: dict[str, str], options: dict | None) -> dict[str, str]:
-        record = _record(analysis)
+        record = registry()[analysis]
         key = {"analysis": analysis, "version": str(record.version), **step_key}
         if _draws_own_data(self.run, record):
             del key["n"], key["seed"]

@@ -204,5 +204,5 @@ def rows(model: CoopModel, batches: dict[str, Batch], options: Options = Options
     return out
 
 
-ANALYSIS = Analysis("clamping", 2, rows, "the copier test: CIWL accuracy as a layer-1 head's attention to the true "
+ANALYSIS = Analysis("clamping", 2, {"exemplar": rows}, "the copier test: CIWL accuracy as a layer-1 head's attention to the true "
                     "label is clamped", options=Options)

@@ -21,7 +21,7 @@ from transformer_lens import FactoredMatrix
 from transformer_lens.utilities import composition_scores
 
 from ..model import CoopModel
-from ..outside import TokenModel
+from ..token_model import TokenModel
 from ..sources import TokenBatch
 from ..task import Batch
 from .record import Analysis
@@ -70,5 +70,5 @@ def headline(rows: pd.DataFrame) -> str:
     return "max " + " ".join(f"{m} {v:.2f}" for m, v in best.items()) + f" (random {base:.2f})"
 
 
-ANALYSIS = Analysis("composition", 1, rows, "Q/K/V composition scores of every head pair across layers, with a "
-                    "random baseline", models=("exemplar", "tokens"), figures=("composition",), headline=headline)
+ANALYSIS = Analysis("composition", 1, {"exemplar": rows, "tokens": rows}, "Q/K/V composition scores of every head "
+                    "pair across layers, with a random baseline", figures=("composition",), headline=headline)

@@ -30,6 +30,7 @@ import torch
 from ..tables import table
 from .cache import Cache
 from .forwards import shared_forwards
+from .registry import registry
 
 Done = Callable[[int, list[pd.DataFrame]], None]  # done(step, frames): one checkpoint's tables, as it finishes
 
@@ -56,8 +57,6 @@ class Job:
 
 def compute(run, step: int, analysis: str, batches: dict, options: dict | None) -> pd.DataFrame:
     """One analysis's table at one checkpoint (no cache)."""
-    from . import registry
-
     rows = registry()[analysis].compute(run.model(step), batches, options)
     fixed = {"run": run.name, "step": step, "seqs_seen": run.seqs_seen(step), "analysis": analysis}
     return table({**row, **fixed} for row in rows)

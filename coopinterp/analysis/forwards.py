@@ -15,21 +15,14 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
-from ..config import TaskConfig
 from ..model import CoopModel
-from ..outside import TokenModel
+from ..token_model import TokenModel
 from ..sources import TokenBatch
-from ..task import EVALUATORS, Batch, make_batch
+from ..task import Batch
 from .engine import full_rows
 
 LOGITS_BUDGET = 1 << 22  # logits per forward chunk of a token model's clean run (16 MB: 1.4x faster than 256 MB)
 TOKENS_PER_CALL = 1 << 13  # sequences x positions per intervened forward of a token model (its activations' memory)
-
-
-def eval_batches(task: TaskConfig, n: int, seed: int, device: str = "cpu") -> dict[str, Batch]:
-    """One batch per evaluator, each analysis reads the ones it needs; drawn on the CPU, so that every device
-    sees the same sequences."""
-    return {ev: make_batch(task, ev, n, seed=seed + i).to(device) for i, ev in enumerate(EVALUATORS)}
 
 
 class CleanRun(NamedTuple):

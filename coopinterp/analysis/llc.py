@@ -37,7 +37,7 @@ from transformer_lens.utilities import get_act_name
 
 from ..errors import ConfigError, CoopError
 from ..model import CoopModel
-from ..outside import TokenModel
+from ..token_model import TokenModel
 from ..sources import TokenBatch
 from ..task import Batch, sample_train
 from .forwards import next_token_loss
@@ -111,14 +111,8 @@ def full_restriction(model: nn.Module | TokenModel) -> Restriction:
 def trainable(model: CoopModel | TokenModel) -> CoopModel | TokenModel:
     """A copy of a checkpoint's model whose trained weights take gradients again (Run.model freezes them)."""
     model = copy.deepcopy(model)
-    if model.kind != "exemplar":
-        for p in model.bridge.parameters():
-            p.requires_grad_(True)
-        return model
-    fixed = {id(getattr(block.attn, name).original_component.bias)  # zero in the paper's model, never trained
-             for block in model.bridge.blocks for name in ("q", "k", "v", "o")}
-    for p in model.parameters():
-        p.requires_grad_(id(p) not in fixed)
+    for p in model.trained_parameters():
+        p.requires_grad_(True)
     return model
 
 
@@ -271,14 +265,22 @@ def traces(model: CoopModel | TokenModel, options: Options,
                        for key, r in restrictions(model, options, data).items()}
 
 
-def rows(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch],
-         options: Options | None = None) -> list[dict]:
-    """The whole model's LLC and each head's refined LLC at one checkpoint (the exemplar model: `batches` unused,
-    SGLD draws its own; a token model: minibatches of its first source's sequences, evaluator named after it)."""
-    options = options or Options()
-    data = None if model.kind == "exemplar" else next(iter(batches.values()))
+def rows(model: CoopModel, batches: dict[str, Batch], options: Options | None = None) -> list[dict]:
+    """The whole model's LLC and each head's refined LLC at one checkpoint; `batches` unused: SGLD draws its own
+    batches of the training distribution."""
+    return estimate_rows(model, options or Options(), None, "train")
+
+
+def token_rows(model: TokenModel, batches: dict[str, TokenBatch], options: Options | None = None) -> list[dict]:
+    """The whole model's LLC and each head's refined LLC at one checkpoint, on minibatches of the first source's
+    sequences (the rows' evaluator)."""
+    source = next(iter(batches))
+    return estimate_rows(model, options or Options(), batches[source], source)
+
+
+def estimate_rows(model: CoopModel | TokenModel, options: Options, data: TokenBatch | None,
+                  evaluator: str) -> list[dict]:
     reference, excess_by_key = traces(model, options, data)
-    evaluator = "train" if data is None else next(iter(batches))
     out = [{"evaluator": evaluator, "metric": "init_loss", "value": float(reference.mean())}]
     for key, excess in excess_by_key.items():
         per_chain = estimate(excess, options)
@@ -299,7 +301,6 @@ def headline(rows: pd.DataFrame) -> str:
         "" if top is None else f"; top rLLC {top.value:.2f} ({top.layer}.{top['head']})")
 
 
-ANALYSIS = Analysis("llc", 1, rows, "learning coefficient of the model and refined LLC of every head (SGLD, "
+ANALYSIS = Analysis("llc", 1, {"exemplar": rows, "tokens": token_rows}, "learning coefficient of the model and refined LLC of every head (SGLD, "
                     "needs coopinterp[devinterp])", options=Options, opt_in=True, own_data=("exemplar",),
-                    models=("exemplar", "tokens"),
                     figures=("llc", "rllc_heatmap"), headline=headline)

@@ -36,4 +36,4 @@ def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
     return out
 
 
-ANALYSIS = Analysis("paper_checks", 1, rows, "the paper's protocols: K/V/Q check, copier sweep, grafts, direct path")
+ANALYSIS = Analysis("paper_checks", 1, {"exemplar": rows}, "the paper's protocols: K/V/Q check, copier sweep, grafts, direct path")

@@ -32,7 +32,7 @@ from transformer_lens.utilities import get_act_name
 
 from ..errors import ConfigError
 from ..model import CoopModel
-from ..outside import TokenModel
+from ..token_model import TokenModel
 from ..sources import TokenBatch
 from ..task import Batch
 from .engine import Engine, check_direct_path, replacement, with_direct_path
@@ -214,8 +214,9 @@ def patched_inputs(model: TokenModel, tokens: Tensor, layer: int, delta: Float[T
 
 
 @torch.no_grad()
-def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
-    """Every head -> every head of each later layer, through q, k and v (the sender mean-ablated)."""
+def token_rows(model: TokenModel, batches: dict[str, TokenBatch], options: Options = Options()) -> list[dict]:
+    """Every head -> every head of each later layer, through q, k and v (the sender mean-ablated); `options` set what
+    the exemplar task reports and change nothing here: a token model always reports its next-token loss."""
     cfg, out = model.cfg, []
     for ev, batch in batches.items():
         n, T = batch.tokens.shape
@@ -237,6 +238,31 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
                         out += [{**base, "metric": "loss", "value": value},
                                 {**base, "metric": "delta_loss", "value": value - clean}]
     return out
+
+
+@torch.no_grad()
+def token_path_patch(model: TokenModel, batch: TokenBatch, senders: list[tuple[int, int]],
+                     receivers: list[tuple[int, int]], mode: str = "mean", seed: int = 0) -> dict[str, Tensor]:
+    """The next-token loss with the senders' outputs replaced (`mode`, engine.replacement) only in each receiver's
+    q, k or v input: "clean" (a scalar) and, per component, one loss per receiver. Every receiver must sit in a
+    layer above every sender; LayerNorm is recomputed on the patched stream."""
+    if max(layer for layer, _ in senders) >= min(layer for layer, _ in receivers):
+        raise ConfigError("every receiver must sit in a layer above every sender")
+    z_names = [get_act_name("z", layer) for layer in sorted({layer for layer, _ in senders})]
+    _, cache = model.run_with_cache(batch, names_filter=z_names)
+    delta = 0
+    for layer, head in senders:
+        z = cache[get_act_name("z", layer)]
+        change = replacement(z, mode, seed)[..., head, :] - z[..., head, :]
+        delta = delta + change @ model.bridge.W_O[layer, head]
+    out = {"clean": token_run(model, batch).loss.mean()}
+    for layer in sorted({layer for layer, _ in receivers}):
+        patched = patched_inputs(model, batch.tokens, layer, delta)
+        heads = [head for at, head in receivers if at == layer]
+        sets = [(c, h) for c in COMPONENTS for h in heads]
+        for (c, _), value in zip(sets, swapped_loss(model, batch, layer, sets, patched)):
+            out.setdefault(c, []).append(value)
+    return {k: v if k == "clean" else torch.stack(v) for k, v in out.items()}
 
 
 @torch.no_grad()
@@ -276,12 +302,7 @@ def headline(rows: pd.DataFrame) -> str:
             f"through {top.component})")
 
 
-def rows_any(model: CoopModel | TokenModel, batches: dict[str, Batch] | dict[str, TokenBatch],
-             options: Options) -> list[dict]:
-    return token_rows(model, batches) if model.kind == "tokens" else rows(model, batches, options)
-
-
-ANALYSIS = Analysis("path_patching", 2, rows_any, "each layer-0 head (or all) patched into each layer-1 head's q, k "
-                    "or v: accuracy and logit difference (token models: every head into every later head, "
-                    "next-token loss)", models=("exemplar", "tokens"), options=Options, headline=headline,
+ANALYSIS = Analysis("path_patching", 2, {"exemplar": rows, "tokens": token_rows},
+                    "each layer-0 head (or all) patched into each layer-1 head's q, k or v: accuracy and logit "
+                    "difference (token models: every head into every later head, next-token loss)", options=Options, headline=headline,
                     figures=("path_patching", "path_patching_icl"))

@@ -20,30 +20,38 @@ import pandas as pd
 
 from ..errors import ConfigError
 
-# the built-in exemplar model, any token model (outside runs), or the Markov task's token model: a "markov" run
-# gets the token-model analyses and its own
-ModelKind = Literal["exemplar", "tokens", "markov"]
+# A kind of model names what an analysis can read of it: "exemplar" (the exemplar task's CoopModel: its evaluators,
+# its batched engine), "tokens" (any transformer-lens bridge over token ids), "markov" (the Markov task's model, also
+# a token model). A model and its run list their kinds, most specific first (`model_kinds`).
+ModelKind = str
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """An analysis: `rows(model, batches, options)` -> list of row dicts (tables.COLUMNS keys)."""
+    """An analysis: its row function per kind of model, `rows[kind](model, batches[, options])` -> list of row
+    dicts (tables.COLUMNS keys). The registry calls the one of the model's first kind it has (`kind_for`)."""
 
     name: str
     version: int
-    rows: Callable[..., list[dict]]
+    rows: dict[ModelKind, Callable[..., list[dict]]]
     summary: str  # one line for `coopinterp analyses`
     options: type | None = None  # a frozen dataclass of settings (module docstring), None: no settings
     opt_in: bool = False  # run only when named (slow, or an optional dependency)
     # kinds of model on which it draws its own batches: there the evaluation batches' n and seed are not in its key
     own_data: tuple[ModelKind, ...] = ()
-    models: tuple[ModelKind, ...] = ("exemplar",)
     figures: tuple[str, ...] = ()  # figures drawn from its rows (coopinterp.plots)
     headline: Callable[[pd.DataFrame], str] | None = None  # its rows at one step -> a short summary
 
-    def applies(self, kind: ModelKind) -> bool:
-        """Whether it runs on a run of this kind (a Markov run's model is a token model)."""
-        return kind in self.models or (kind == "markov" and "tokens" in self.models)
+    def kind_for(self, model_kinds: tuple[ModelKind, ...]) -> ModelKind | None:
+        """The first of a model's kinds this analysis has rows for (None: it does not apply)."""
+        return next((kind for kind in model_kinds if kind in self.rows), None)
+
+    def applies(self, model_kinds: tuple[ModelKind, ...]) -> bool:
+        return self.kind_for(model_kinds) is not None
+
+    def draws_own_data(self, model_kinds: tuple[ModelKind, ...]) -> bool:
+        """Whether, on a model of these kinds, it ignores the evaluation batches (so n and seed leave its key)."""
+        return self.kind_for(model_kinds) in self.own_data
 
     def parse(self, given: dict[str, Any] | None) -> dict[str, Any] | None:
         """Checked options with defaults filled in (a dict, as the cache key stores them); None without settings."""
@@ -54,9 +62,10 @@ class Analysis:
         return dataclasses.asdict(parse_options(self.options, given or {}, self.name))
 
     def compute(self, model, batches: dict, options: dict[str, Any] | None) -> list[dict]:
+        rows = self.rows[self.kind_for(model.model_kinds)]
         if self.options is None:
-            return self.rows(model, batches)
-        return self.rows(model, batches, self.options(**options))
+            return rows(model, batches)
+        return rows(model, batches, self.options(**options))
 
 
 def _allowed(hint) -> tuple[list, tuple[type, ...], bool]:

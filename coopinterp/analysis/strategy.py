@@ -19,8 +19,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ..markov import MarkovBatch
-from ..outside import TokenModel
+from ..tasks.markov import MarkovBatch
+from ..token_model import TokenModel
 from ..predictors import NAMES, kl, predictors
 from ..sources import TokenBatch
 from .forwards import LOGITS_BUDGET
@@ -126,6 +126,6 @@ def headline(rows: pd.DataFrame) -> str:
     return "  ".join(parts)
 
 
-ANALYSIS = Analysis("strategy", 1, rows, "Markov task: KL to the four algorithms (unigram/bigram x retrieved/inferred), "
-                    "relative distance, best-fitting mix weights and its residual KL", models=("markov",),
+ANALYSIS = Analysis("strategy", 1, {"markov": rows}, "Markov task: KL to the four algorithms (unigram/bigram x retrieved/inferred), "
+                    "relative distance, best-fitting mix weights and its residual KL",
                     figures=("strategy_weights",), headline=headline)

@@ -113,6 +113,6 @@ def analyses_cmd() -> None:
         table.add_column(column)
     for name, record in registry().items():
         opts = "\n".join(f"{k}: {t} = {d}" for k, t, d in describe_options(record.options))
-        table.add_row(name + (" (opt-in)" if record.opt_in else ""), str(record.version), ", ".join(record.models),
+        table.add_row(name + (" (opt-in)" if record.opt_in else ""), str(record.version), ", ".join(record.rows),
                       record.summary, opts, ", ".join(record.figures))
     console.print(table)

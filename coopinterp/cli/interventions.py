@@ -1,8 +1,13 @@
-"""`coopinterp ablate | patch | clamp | graft`: interventions on one checkpoint, every evaluator before and after."""
+"""`coopinterp ablate | patch | clamp | graft`: interventions on one checkpoint, every evaluator before and after.
+
+`ablate` and `patch` run on every run (the exemplar task's evaluators, or a token model's next-token loss on its
+source); `clamp` and `graft` are the paper's protocols on the exemplar task. Each verb finds its implementation for
+the run's kind of model in a table (`for_model`), so no verb branches on the kind of run.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.table import Table
@@ -15,21 +20,31 @@ STEP = typer.Option(None, "--step", help="Checkpoint step (default: the newest).
 N = typer.Option(512, "--n", help="Sequences per evaluator batch.")
 SEED = typer.Option(0, "--seed", help="Seed of the evaluation batches (and of resampling).")
 MODE = typer.Option("mean", "--mode", help="zero | mean | resample.")
+SOURCE = typer.Option(None, "--source", help="Token models' data: repeated (default), repeated:L, tokens:FILE.npy or "
+                      "text:FILE.txt.")
+PATTERN = typer.Option(None, "--pattern", help="Regex naming Hugging Face checkpoint folders.")
 
 
-def _load(run_dir: Path, step: Optional[int], n: int, seed: int):
-    """(run, step, model, one batch per evaluator)."""
-    from ..analysis import eval_batches
+def for_model(run, verb: str, implementations: dict[str, Callable | None]) -> Callable | None:
+    """The implementation of `verb` for the run's first kind of model that has one; else a one-line error."""
+    kind = next((k for k in run.model_kinds if k in implementations), None)
+    if kind is None:
+        raise ConfigError(f"`coopinterp {verb}` is a protocol of the {' or '.join(implementations)} task; {run.path} "
+                          f"holds a {run.model_kinds[0]} model (`coopinterp ablate` and `patch` run on every run)")
+    return implementations[kind]
+
+
+def _load(run_dir: Path, step: Optional[int], n: int, seed: int, source: Optional[str] = None,
+          pattern: Optional[str] = None):
+    """(run, step, model, one batch per evaluator or source)."""
     from ..runs import open_run
 
     if n < 2:
         raise ConfigError(f"--n must be >= 2, got {n}")
-    run = open_run(run_dir)
-    if run.kind != "exemplar":
-        raise ConfigError(f"{run_dir} holds a token model and this command reads the exemplar task's evaluators: use "
-                          "`coopinterp ablate`, or `coopinterp analyze --analyses path_patching` for its paths")
+    run = open_run(run_dir, pattern=pattern)
     step = run.steps[-1] if step is None else run.check_step(step)
-    return run, step, run.model(step), eval_batches(run.config.task, n, seed)
+    run.source_key(source)  # a missing file or a source the run cannot read fails here, before the model loads
+    return run, step, run.model(step), run.batches(source, n, seed)
 
 
 def _table(title: str, columns: list[str]) -> Table:
@@ -57,21 +72,24 @@ def ablate_cmd(
     mode: str = MODE,
     n: int = N,
     seed: int = SEED,
-    source: Optional[str] = typer.Option(None, "--source", help="Token models' data: repeated (default), "
-                                         "repeated:L, tokens:FILE.npy or text:FILE.txt."),
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="Regex naming Hugging Face checkpoint folders."),
+    source: Optional[str] = SOURCE,
+    pattern: Optional[str] = PATTERN,
 ) -> None:
     """Every evaluator's acc and loss with a set of heads ablated together (a token model: its next-token loss on
     --source)."""
-    from ..analysis.ablation import ablated_hidden
-    from ..analysis.engine import Engine, check_mode, parse_heads
-    from ..runs import open_run
+    from ..analysis.engine import check_mode, parse_heads
 
     check_mode(mode)
-    if open_run(run_dir, pattern=pattern).kind != "exemplar":
-        return _ablate_tokens(run_dir, heads, step, mode, n, seed, source, pattern)
-    run, step, model, batches = _load(run_dir, step, n, seed)
-    chosen = parse_heads(heads, run.config.model)
+    run, step, model, batches = _load(run_dir, step, n, seed, source, pattern)
+    chosen = parse_heads(heads, model.cfg)
+    for_model(run, "ablate", {"exemplar": _ablate_exemplar, "tokens": _ablate_tokens})(
+        run, step, model, batches, chosen, heads, mode, seed)
+
+
+def _ablate_exemplar(run, step: int, model, batches: dict, chosen: list, heads: str, mode: str, seed: int) -> None:
+    from ..analysis.ablation import ablated_hidden
+    from ..analysis.engine import Engine
+
     engine = Engine(model)
     table = _table(f"{run.name} step {step}: heads {heads} ablated ({mode})",
                    ["evaluator", "acc", "acc ablated", "loss", "loss ablated"])
@@ -81,26 +99,17 @@ def ablate_cmd(
     console.print(table)
 
 
-def _ablate_tokens(run_dir: Path, heads: str, step: Optional[int], mode: str, n: int, seed: int,
-                   source: Optional[str], pattern: Optional[str]) -> None:
+def _ablate_tokens(run, step: int, model, batches: dict, chosen: list, heads: str, mode: str, seed: int) -> None:
     """A token model's next-token loss before and after ablating a set of heads together (through hook_z)."""
     from transformer_lens.utilities import get_act_name
 
     from ..analysis.ablation import ablated_token_loss
-    from ..analysis.engine import parse_heads, replacement
-    from ..runs import open_run
+    from ..analysis.engine import replacement
 
-    if n < 2:
-        raise ConfigError(f"--n must be >= 2, got {n}")
-    run = open_run(run_dir, pattern=pattern)
-    step = run.steps[-1] if step is None else run.check_step(step)
-    run.source_key(source)  # a missing file fails here, before the model loads
-    model = run.model(step)
-    chosen = parse_heads(heads, model.cfg)
     names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
     table = _table(f"{run.name} step {step}: heads {heads} ablated ({mode})", ["source", "loss", "loss ablated",
                                                                               "change"])
-    for ev, batch in run.batches(source, n, seed).items():
+    for ev, batch in batches.items():
         _, cache = model.run_with_cache(batch, names_filter=names)
         values = [replacement(cache[name], mode, seed) for name in names]
         clean, ablated = ablated_token_loss(model, batch, [[], chosen], values).tolist()
@@ -112,19 +121,30 @@ def _ablate_tokens(run_dir: Path, heads: str, step: Optional[int], mode: str, n:
 @friendly
 def patch_cmd(
     run_dir: Path = RUN,
-    senders: str = typer.Option("all", "--senders", help="Layer-0 sender heads: 'all' or e.g. 0,3."),
-    receivers: str = typer.Option("all", "--receivers", help="Layer-1 receiver heads: 'all' or e.g. 2,5."),
+    senders: str = typer.Option("all", "--senders", help="Sender heads: 'all' (every layer-0 head) or e.g. 0,3 "
+                                "(layer-0 heads of the exemplar model) or 0.3,1.2 (LAYER.HEAD, token models)."),
+    receivers: str = typer.Option("all", "--receivers", help="Receiver heads: 'all' (every layer-1 head) or e.g. 2,5 "
+                                  "(layer-1 heads of the exemplar model) or 2.5 (LAYER.HEAD, token models)."),
     step: Optional[int] = STEP,
     mode: str = MODE,
     n: int = N,
     seed: int = SEED,
+    source: Optional[str] = SOURCE,
+    pattern: Optional[str] = PATTERN,
 ) -> None:
-    """Path patching: the senders' output replaced in the receivers' q, k or v input only (acc per evaluator)."""
+    """Path patching: the senders' output replaced in the receivers' q, k or v input only (the exemplar model: acc
+    per evaluator; a token model: next-token loss per receiver head)."""
     from ..analysis.engine import check_mode
-    from ..analysis.patching import COMPONENTS, check_model, path_patch
 
     check_mode(mode)
-    run, step, model, batches = _load(run_dir, step, n, seed)
+    run, step, model, batches = _load(run_dir, step, n, seed, source, pattern)
+    for_model(run, "patch", {"exemplar": _patch_exemplar, "tokens": _patch_tokens})(
+        run, step, model, batches, senders, receivers, mode, seed)
+
+
+def _patch_exemplar(run, step: int, model, batches: dict, senders: str, receivers: str, mode: str, seed: int) -> None:
+    from ..analysis.patching import COMPONENTS, check_model, path_patch
+
     check_model(model)
     H = model.cfg.n_heads
     send, recv = [_group(senders, H, "--senders")], [_group(receivers, H, "--receivers")]
@@ -137,6 +157,25 @@ def patch_cmd(
     console.print(table)
     console.print("clean: no patch; via c: the senders patched into the receivers' c input only; "
                   "ablated: into every path (q, k, v and direct)", highlight=False)
+
+
+def _patch_tokens(run, step: int, model, batches: dict, senders: str, receivers: str, mode: str, seed: int) -> None:
+    """Each receiver head's next-token loss with the senders patched into its q, k or v input alone."""
+    from ..analysis.engine import parse_heads
+    from ..analysis.patching import COMPONENTS, token_path_patch
+
+    H = model.cfg.n_heads
+    send = [(0, h) for h in range(H)] if senders.strip() == "all" else parse_heads(senders, model.cfg)
+    recv = [(1, h) for h in range(H)] if receivers.strip() == "all" else parse_heads(receivers, model.cfg)
+    ordered = [(layer, h) for layer in sorted({layer for layer, _ in recv}) for at, h in recv if at == layer]
+    for ev, batch in batches.items():
+        loss = token_path_patch(model, batch, send, recv, mode, seed)
+        table = _table(f"{run.name} step {step}: {senders} -> {receivers} ({mode}) on {ev}, next-token loss "
+                       f"(clean {loss['clean']:.4f})", ["receiver", *(f"via {c}" for c in COMPONENTS)])
+        for i, (layer, h) in enumerate(ordered):
+            table.add_row(f"{layer}.{h}", *(f"{loss[c][i]:.4f} ({loss[c][i] - loss['clean']:+.4f})"
+                                            for c in COMPONENTS))
+        console.print(table)
 
 
 @app.command("clamp")
@@ -160,6 +199,7 @@ def clamp_cmd(
         raise ConfigError(f"unknown --protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
 
     run, step, model, batches = _load(run_dir, step, n, seed)
+    for_model(run, "clamp", {"exemplar": None})
     batch = batches["ciwl"]
     if head is None:
         chosen = (model.cfg.n_layers - 1, skip_trigram_head(model, batch))
@@ -192,10 +232,12 @@ def graft_cmd(
 ) -> None:
     """Every evaluator's acc for the recipient, the donor, and the recipient with the donor's groups grafted in."""
     from ..analysis.grafting import graft
-    from ..training import evaluate
+    from ..tasks.exemplar import evaluate
 
     run, step, model, batches = _load(run_dir, step, n, seed)
     donor_run, donor_step, donor_model, _ = _load(donor, donor_step, n, seed)
+    for_model(run, "graft", {"exemplar": None})
+    for_model(donor_run, "graft", {"exemplar": None})
     grafted = graft(model, donor_model, comma_list(groups))
     results = [evaluate(m, batches) for m in (model, donor_model, grafted)]
     table = _table(f"{groups} of {donor_run.name}@{donor_step} into {run.name}@{step}, accuracy",

@@ -35,11 +35,8 @@ def load_source(source: Path, analyses: Optional[str], n: int, seed: int, progre
 
         run = open_run(source, pattern=pattern)
         table = analyze_run(run, comma_list(analyses) if analyses else None, n, seed, progress, data)
-        try:
-            metrics = run.metrics
-        except CheckpointError:
-            metrics = None
-        config = run.config.to_dict() if run.kind != "tokens" else {"config.json (first checkpoint)": run.config}
+        metrics = run.metrics if not run.metrics.empty else None
+        config = run.info()["config"]
         return table, metrics, config, run.name
     if source.suffix in (".parquet", ".csv"):
         if analyses:
@@ -63,7 +60,7 @@ def analyze_run(run, names: Optional[list[str]], n: int, seed: int, progress: bo
     if damaged:
         tables.append(analyze(run, names, steps=list(damaged), n=n, seed=seed, progress=False, cached_only=True,
                               source=source))
-    opt_in = [name for name, a in registry().items() if a.opt_in and a.applies(run.kind)]
+    opt_in = [name for name, a in registry().items() if a.opt_in and a.applies(run.model_kinds)]
     if names is None and opt_in:
         tables.append(analyze(run, opt_in, n=n, seed=seed, progress=False, cached_only=True, source=source))
     table = concat(tables).sort_values("step", kind="stable", ignore_index=True)
@@ -198,9 +195,9 @@ def app_cmd(
         raise CoopError(f"--port must be in 1-65535, got {port}")
     check_port(host, port)
     run = open_run(run_dir)
-    if run.kind != "exemplar":
-        raise CoopError(f"the app explores the exemplar model's evaluators; {run_dir} holds a token model: use "
-                        "`coopinterp ablate` and `coopinterp plot` on it")
+    if "exemplar" not in run.model_kinds:
+        raise CoopError(f"the app explores the exemplar task's evaluators; {run_dir} holds a {run.model_kinds[0]} "
+                        "model: use `coopinterp ablate`, `patch` and `plot` on it")
     if step is not None:
         run.check_step(step)
     ticked = parse_heads(heads, run.config.model) if heads else []

@@ -8,18 +8,19 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..config import PRESETS
 from ..errors import CoopError
 from .common import app, check_device, check_out, console, damaged_checkpoints, fail, friendly, warn
 
-PRESET_NAMES = ", ".join(PRESETS)
+# the help names a few presets: listing the registry would import every task (torch) for `--help`; an unknown
+# preset is an error that lists them all
+PRESET_EXAMPLES = "a built-in task's preset, e.g. demo, quick, tiny, markov"
 
 
 @app.command("train")
 @friendly
 def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run directory to create, or to resume if it holds this run."),
-    preset: Optional[str] = typer.Option(None, help=f"Preset: {PRESET_NAMES} (or give --config)."),
+    preset: Optional[str] = typer.Option(None, help=f"Preset: {PRESET_EXAMPLES} (or give --config)."),
     config: Optional[Path] = typer.Option(None, "--config", help="RunConfig JSON (from `coopinterp config`, or a "
                                                                  "run's run.json), instead of a preset."),
     seed: Optional[int] = typer.Option(None, help="Override train.seed."),
@@ -33,12 +34,13 @@ def train_cmd(
     The same command resumes an interrupted run (bit-identically on CPU; Ctrl-C saves) and, with a larger
     --steps, extends a finished one; without a terminal it prints a progress line every 30 s.
     """
-    from ..config import RunConfig, preset as get_preset
+    from ..config import RunConfig
+    from ..tasks import PRESETS, preset as get_preset
     from ..training import TrainingInterrupted, default_device, train
 
     check_out(out, folder=True)
     if (preset is None) == (config is None):
-        raise CoopError(f"train needs --preset ({PRESET_NAMES}) or --config FILE" if preset is None
+        raise CoopError(f"train needs --preset ({', '.join(PRESETS)}) or --config FILE" if preset is None
                         else "give --preset or --config, not both")
     rc = RunConfig.from_json(config) if config else get_preset(preset)
     overrides = {k: v for k, v in (("seed", seed), ("steps", steps)) if v is not None}
@@ -51,7 +53,7 @@ def train_cmd(
     try:
         if seeds is not None:
             from .sweep import print_seed_runs
-            from ..multiseed import parse_seeds, train_seeds
+            from ..training import parse_seeds, train_seeds
 
             runs = train_seeds(rc, parse_seeds(seeds), out, progress=progress, device=device)
             print_seed_runs(runs, time.perf_counter() - t0)
@@ -77,7 +79,8 @@ def info_cmd(
 ) -> None:
     """Show a run's config, checkpoint steps (headers verified: a damaged one is named, and the rest still shown)
     and final evaluator table; for a directory of Hugging Face checkpoints, its architecture and steps."""
-    from ..checkpoints import Run, list_checkpoints, load_run, read_run_config
+    from ..checkpoints import list_checkpoints, read_run_config
+    from ..runs import NativeRun, load_run
 
     if not run_dir.is_dir():
         raise CoopError(f"run directory not found: {run_dir}")
@@ -85,7 +88,7 @@ def info_cmd(
         return _outside_info(run_dir, pattern, check)
     cfg = read_run_config(run_dir)
     steps = list_checkpoints(run_dir)
-    damaged = damaged_checkpoints(Run(run_dir, cfg, steps))
+    damaged = damaged_checkpoints(NativeRun(run_dir, cfg, steps))
     for error in damaged.values() if not check else ():  # --check fails on the first one instead
         warn(error)
     console.print(f"[bold]{run_dir}[/]  ({cfg.name})")
@@ -133,13 +136,14 @@ def _print_final_metrics(run_dir: Path) -> None:
     m = read_table(path)
     m = m[m.analysis == "behavior"]
     last = m[m.step == m.step.max()]
+    metrics = list(dict.fromkeys(last.metric))  # what the task logs: acc and loss, or a loss alone (Markov)
     table = Table(title=f"evaluators at step {int(last.step.max())}")
     table.add_column("evaluator")
-    table.add_column("acc", justify="right")
-    table.add_column("loss", justify="right")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
     for ev, g in last.groupby("evaluator", sort=False):
         vals = dict(zip(g.metric, g.value))
-        table.add_row(str(ev), f"{vals.get('acc', float('nan')):.3f}", f"{vals.get('loss', float('nan')):.3f}")
+        table.add_row(str(ev), *(f"{vals[m]:.3f}" if m in vals else "-" for m in metrics))
     console.print(table)
 
 
@@ -147,11 +151,12 @@ def _print_final_metrics(run_dir: Path) -> None:
 @friendly
 def config_cmd(
     source: Optional[Path] = typer.Argument(None, help="A run directory or run.json (default: the --preset)."),
-    preset: str = typer.Option("demo", help=f"Preset to export when no SOURCE is given: {PRESET_NAMES}."),
+    preset: str = typer.Option("demo", help=f"Preset to export when no SOURCE is given: {PRESET_EXAMPLES}."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON here (default: print it)."),
 ) -> None:
     """Export a bare RunConfig JSON (from a run or a preset), to edit and pass to `train --config`."""
-    from ..config import RunConfig, preset as get_preset
+    from ..config import RunConfig
+    from ..tasks import preset as get_preset
     from ..tables import atomic_path
 
     if out is not None:
