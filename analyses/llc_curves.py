@@ -1,4 +1,4 @@
-"""LLC curves of the demo against its phases: the numbers behind README's "Learning coefficient" paragraph.
+"""LLC curves of the demo against its phases: the numbers behind docs/results.md's "Learning coefficient" paragraph.
 
 Reads the run's cached `llc` rows (`coopinterp analyze RUN --analyses llc` computes them; nothing is computed
 here) and prints, per checkpoint: the whole model's LLC with its std over chains, the slope of the LLC per decade

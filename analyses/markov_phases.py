@@ -172,7 +172,7 @@ def head_table(run_dir: Path, name: str) -> pd.DataFrame:
 
 
 def report(table: pd.DataFrame, chains: dict[str, int], trans: pd.DataFrame, boundary: str | None) -> None:
-    """The numbers the README quotes, measured from the table."""
+    """The numbers docs/markov.md quotes, measured from the table."""
     w = weights(table)
     final = {r: w.loc[r].iloc[-1] for r in trans.index}
     for r in sorted(trans.index, key=lambda r: (chains[r], r)):

@@ -1,5 +1,5 @@
 """Wall time of the commands a user runs, idle and beside a busy neighbour, under coopinterp's thread policy and
-under torch's old defaults (2 threads, no wait policy): the figures the README's speed notes quote.
+under torch's old defaults (2 threads, no wait policy): the figures docs/speed.md quotes.
 
     python benchmarks/bench_commands.py [--run checkpoints/demo] [--repeat 3] [--only help,info,...]
 

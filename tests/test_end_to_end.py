@@ -37,7 +37,7 @@ def test_train_analyze_plot_report(tmp_path):
     assert "Run config" in (tmp_path / "report.html").read_text()
 
 
-# The shipped runs' verdicts (README, "Results"): a change to an analysis that flips one shows up here.
+# The shipped runs' verdicts (docs/results.md): a change to an analysis that flips one shows up here.
 EXPECTED = {"strategy_order": "PASS", "transience": "FAIL", "layer0_switch": "FAIL", "layer1_conserved": "FAIL",
             "copier": "PASS", "kv_composition": "FAIL", "minimal_model": "PASS", "persistent_icl": "PASS",
             "forgetting": "FAIL"}
