@@ -2,9 +2,9 @@
 
 The task (section kind "markov") fixes, from its seed, a set S of K = `n_chains` Markov chains over V = `n_states`
 states, every transition row drawn from Dirichlet(`dirichlet_alpha`). A training sequence picks a chain of S
-uniformly, its first state from that chain's stationary distribution, then T - 1 transitions; an
-out-of-distribution (OOD) sequence does the same with a fresh chain of its own, drawn from the same prior. The model
-is scored on the next token at every position. Sampling is torch code driven by one `torch.Generator` (a training stream resumes
+uniformly, its first state from that chain's stationary distribution, then T - 1 transitions; an out-of-distribution
+(OOD) sequence does the same with a fresh chain of its own, drawn from the same prior. The model is scored on the
+next token at every position. Sampling is torch code driven by one `torch.Generator` (a training stream resumes
 exactly); the chains come from numpy's Dirichlet sampler seeded by the task seed.
 
 The model (`MarkovModel`) is an attention-only token transformer booted by transformer-lens 4.x
