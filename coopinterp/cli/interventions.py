@@ -34,17 +34,19 @@ def for_model(run, verb: str, implementations: dict[str, Callable | None]) -> Ca
     return implementations[kind]
 
 
-def _load(run_dir: Path, step: Optional[int], n: int, seed: int, source: Optional[str] = None,
-          pattern: Optional[str] = None):
-    """(run, step, model, one batch per evaluator or source)."""
+def _load(run_dir: Path, step: Optional[int], n: int, seed: int, verb: str, implementations: dict,
+          source: Optional[str] = None, pattern: Optional[str] = None):
+    """(run, step, model, one batch per evaluator or source, the verb's implementation); a run the verb has no
+    implementation for is refused before its checkpoint loads."""
     from ..runs import open_run
 
     if n < 2:
         raise ConfigError(f"--n must be >= 2, got {n}")
     run = open_run(run_dir, pattern=pattern)
+    implementation = for_model(run, verb, implementations)
     step = run.steps[-1] if step is None else run.check_step(step)
     run.source_key(source)  # a missing file or a source the run cannot read fails here, before the model loads
-    return run, step, run.model(step), run.batches(source, n, seed)
+    return run, step, run.model(step), run.batches(source, n, seed), implementation
 
 
 def _table(title: str, columns: list[str]) -> Table:
@@ -80,10 +82,9 @@ def ablate_cmd(
     from ..analysis.engine import check_mode, parse_heads
 
     check_mode(mode)
-    run, step, model, batches = _load(run_dir, step, n, seed, source, pattern)
-    chosen = parse_heads(heads, model.cfg)
-    for_model(run, "ablate", {"exemplar": _ablate_exemplar, "tokens": _ablate_tokens})(
-        run, step, model, batches, chosen, heads, mode, seed)
+    run, step, model, batches, ablate = _load(run_dir, step, n, seed, "ablate",
+                                              {"exemplar": _ablate_exemplar, "tokens": _ablate_tokens}, source, pattern)
+    ablate(run, step, model, batches, parse_heads(heads, model.cfg), heads, mode, seed)
 
 
 def _ablate_exemplar(run, step: int, model, batches: dict, chosen: list, heads: str, mode: str, seed: int) -> None:
@@ -137,9 +138,9 @@ def patch_cmd(
     from ..analysis.engine import check_mode
 
     check_mode(mode)
-    run, step, model, batches = _load(run_dir, step, n, seed, source, pattern)
-    for_model(run, "patch", {"exemplar": _patch_exemplar, "tokens": _patch_tokens})(
-        run, step, model, batches, senders, receivers, mode, seed)
+    run, step, model, batches, patch = _load(run_dir, step, n, seed, "patch",
+                                             {"exemplar": _patch_exemplar, "tokens": _patch_tokens}, source, pattern)
+    patch(run, step, model, batches, senders, receivers, mode, seed)
 
 
 def _patch_exemplar(run, step: int, model, batches: dict, senders: str, receivers: str, mode: str, seed: int) -> None:
@@ -198,8 +199,7 @@ def clamp_cmd(
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown --protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
 
-    run, step, model, batches = _load(run_dir, step, n, seed)
-    for_model(run, "clamp", {"exemplar": None})
+    run, step, model, batches, _ = _load(run_dir, step, n, seed, "clamp", {"exemplar": None})
     batch = batches["ciwl"]
     if head is None:
         chosen = (model.cfg.n_layers - 1, skip_trigram_head(model, batch))
@@ -234,10 +234,8 @@ def graft_cmd(
     from ..analysis.grafting import graft
     from ..tasks.exemplar import evaluate
 
-    run, step, model, batches = _load(run_dir, step, n, seed)
-    donor_run, donor_step, donor_model, _ = _load(donor, donor_step, n, seed)
-    for_model(run, "graft", {"exemplar": None})
-    for_model(donor_run, "graft", {"exemplar": None})
+    run, step, model, batches, _ = _load(run_dir, step, n, seed, "graft", {"exemplar": None})
+    donor_run, donor_step, donor_model, _, _ = _load(donor, donor_step, n, seed, "graft", {"exemplar": None})
     grafted = graft(model, donor_model, comma_list(groups))
     results = [evaluate(m, batches) for m in (model, donor_model, grafted)]
     table = _table(f"{groups} of {donor_run.name}@{donor_step} into {run.name}@{step}, accuracy",
