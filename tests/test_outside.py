@@ -326,10 +326,9 @@ def test_bad_runs_are_one_line_errors_and_write_nothing(planted_run, tmp_path):
     assert text.exit_code == 2 and "not found" in text.output and not (tmp_path / "t.parquet").exists()
     with pytest.raises(CheckpointError, match="no checkpoint at step 3"):
         open_run(planted_run).model(3)
-    for verb in ("clamp", "app"):  # the exemplar task's protocols name what to use instead
-        refused = _cli(verb, planted_run)
-        assert refused.exit_code == 2 and "tokens model" in refused.output and len(refused.output.splitlines()) == 1
-        assert "ablate" in refused.output
+    refused = _cli("clamp", planted_run)  # the exemplar task's protocol names what to use instead
+    assert refused.exit_code == 2 and "tokens model" in refused.output and len(refused.output.splitlines()) == 1
+    assert "ablate" in refused.output
     graft = _cli("graft", planted_run, "--donor", planted_run, "--groups", "layer0")
     assert graft.exit_code == 2 and "protocol of the exemplar task" in graft.output
 

@@ -178,29 +178,34 @@ def check_port(host: str, port: int) -> None:
 @app.command("app")
 @friendly
 def app_cmd(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
+    run_dir: Path = typer.Argument(..., help="Run directory (any task's, or Hugging Face checkpoint folders)."),
     port: int = typer.Option(8050, "--port", help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch (as analyze and ablate)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches (as analyze and ablate)."),
     step: Optional[int] = typer.Option(None, "--step", help="Checkpoint to open at (default: the last)."),
     heads: Optional[str] = typer.Option(None, "--heads", help="Heads ticked at start, e.g. 0.3,1.5."),
+    source: Optional[str] = SOURCE,
+    pattern: Optional[str] = PATTERN,
 ) -> None:
-    """Interactive head-ablation explorer in the browser (Dash): step slider, head grid, live evaluator table."""
+    """Interactive head-ablation explorer in the browser (Dash): step slider, head grid, live scores per batch, one
+    head's attention on one sequence."""
     from ..analysis.engine import parse_heads
-    from ..app import serve
+    from ..app import scorer_for, serve
     from ..runs import open_run
 
     if not 0 < port < 65536:
         raise CoopError(f"--port must be in 1-65535, got {port}")
+    if n < 2:
+        raise CoopError(f"--n must be >= 2, got {n}")
     check_port(host, port)
-    run = open_run(run_dir)
-    if "exemplar" not in run.model_kinds:
-        raise CoopError(f"the app explores the exemplar task's evaluators; {run_dir} holds a {run.model_kinds[0]} "
-                        "model: use `coopinterp ablate`, `patch` and `plot` on it")
+    run = open_run(run_dir, pattern=pattern)
+    scorer_for(run)
+    run.source_key(source)
     if step is not None:
         run.check_step(step)
-    ticked = parse_heads(heads, run.config.model) if heads else []
-    console.print(f"serving [bold]{run.name}[/] on http://{host}:{port}/ (Ctrl+C to stop); evaluator batches of "
-                  f"n={n}, seed {seed}", highlight=False)
-    serve(run, host=host, port=port, n=n, seed=seed, step=step, heads=ticked)
+    ticked = parse_heads(heads, run.model(run.steps[-1]).cfg) if heads else []
+    data = "its evaluators" if source is None else source
+    console.print(f"serving [bold]{escape(run.name)}[/] on http://{host}:{port}/ (Ctrl+C to stop); batches of n={n} "
+                  f"from {escape(data)}, seed {seed}", highlight=False)
+    serve(run, host=host, port=port, n=n, seed=seed, step=step, heads=ticked, source=source)
