@@ -14,8 +14,11 @@ are left out. The `evaluator` column names the batch a score was read from.
 A token model (on any data source; forwards.relations defines where each kind of head looks):
 - `prev_token_score`, `self_score`: mean over positions p of A[p, p-1] and A[p, p].
 - `duplicate_token_score`: attention mass on earlier positions holding p's token (rows where there is one).
-- `induction_score`: attention mass on the positions right after earlier occurrences of p's token (prefix
-  matching; on repeated random tokens this is A[p, p - L + 1] in the second copy).
+- `induction_score`: on a source with a known period L (`repeated`, `induction`: r r after an optional BOS), the
+  mean over positions p of the second copy of A[p, p - L + 1], exactly the repeat's offset. On a source without
+  one (`tokens:`, `text:`, contrast files, the Markov task's own sequences) it is occurrence-based: the attention
+  mass on the positions right after every earlier occurrence of p's token (prefix matching), which also counts
+  chance repeats (on a small vocabulary, repeats inside the first block).
 - `copying_score` (weights only, evaluator NA): Elhage et al.'s positive-eigenvalue share of the head's full OV
   circuit W_E W_OV W_U, sum(eig) / sum(|eig|): near 1 for a head that copies the token it attends to into the
   prediction (the skip-trigram / copying half of an induction head), raw weights (LayerNorm not folded).
@@ -117,7 +120,7 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
     return score_rows(token_scores(model, batches))
 
 
-ANALYSIS = Analysis("attention", 1, {"exemplar": rows, "tokens": token_rows}, "previous-token, self, induction and skip-trigram attention of every head "
+ANALYSIS = Analysis("attention", 2, {"exemplar": rows, "tokens": token_rows}, "previous-token, self, induction and skip-trigram attention of every head "
                     "(token models: previous-token, self, duplicate-token, induction, OV copying)",
                     figures=("layer0_attention", "layer1_attention", "induction_heatmap", "circuit_evolution"),
                     headline=headline)

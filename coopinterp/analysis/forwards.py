@@ -75,20 +75,28 @@ def clean_run(model: CoopModel, batch: Batch) -> CleanRun:
     return out
 
 
-def relations(tokens: Int[Tensor, "n pos"], first: int) -> dict[str, Bool[Tensor, "n q_pos k_pos"]]:
+def relations(tokens: Int[Tensor, "n pos"], first: int,
+              period: int | None = None) -> dict[str, Bool[Tensor, "n q_pos k_pos"]]:
     """Where each kind of head looks, for every query position p and key position k (both >= first):
-    previous token (k = p - 1), self (k = p), duplicate token (an earlier k with the same token) and induction
-    (k = j + 1 for an earlier j with p's token: prefix matching, transformer-lens's induction pattern)."""
+    previous token (k = p - 1), self (k = p), duplicate token (an earlier k with the same token) and induction.
+    With a known period L (repeated tokens: the second copy starts at first + L), induction is exactly
+    k = p - L + 1 for p in the second copy; without one, k = j + 1 for every earlier j holding p's token (prefix
+    matching, transformer-lens's induction pattern), chance repeats included."""
     n, T = tokens.shape
     pos = torch.arange(T, device=tokens.device)
     real = pos >= first
     valid = real[:, None] & real[None, :] & (pos[None, :] <= pos[:, None])
     earlier = (tokens[:, :, None] == tokens[:, None, :]) & (pos[None, :] < pos[:, None]) & valid
-    induction = torch.zeros_like(earlier)
-    induction[:, :, 1:] = earlier[:, :, :-1]
+    if period is None:
+        induction = torch.zeros_like(earlier)
+        induction[:, :, 1:] = earlier[:, :, :-1]
+        induction = induction & valid
+    else:
+        second = pos >= first + period
+        induction = ((pos[None, :] == pos[:, None] - period + 1) & second[:, None] & valid).expand(n, T, T)
     return {"prev_token": ((pos[None, :] == pos[:, None] - 1) & valid).expand(n, T, T),
             "self": ((pos[None, :] == pos[:, None]) & valid).expand(n, T, T),
-            "duplicate_token": earlier, "induction": induction & valid}
+            "duplicate_token": earlier, "induction": induction}
 
 
 @torch.no_grad()
@@ -105,7 +113,7 @@ def token_run(model: TokenModel, batch: TokenBatch) -> TokenRun:
         logits, cache = model.bridge.run_with_cache(chunk, names_filter=names)
         losses.append(next_token_loss(logits, chunk, batch.first))
         patterns = torch.stack([cache[name] for name in names])  # layer n head q k
-        for rel, mask in relations(chunk, batch.first).items():
+        for rel, mask in relations(chunk, batch.first, batch.period).items():
             m = mask.to(patterns.dtype)
             sums[rel] = sums.get(rel, 0) + torch.einsum("lnhqk,nqk->lh", patterns, m)
             rows[rel] = rows.get(rel, 0) + m.amax(-1).sum()
