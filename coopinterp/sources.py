@@ -6,6 +6,15 @@ A source is named by a short spec, and that name is the table's `evaluator` colu
   induction and previous-token heads. The default; L fits the model's context and vocabulary.
 - `tokens:PATH`: a user's token ids, a `.npy` integer array [n, T].
 - `text:PATH`: a UTF-8 text file cut into sequences by the checkpoint's own tokenizer (its folder must have one).
+- `induction` or `induction:L`: contrastive pairs (contrast.py) whose clean prompts are exactly `repeated`'s (same
+  seed, same L) and whose corrupted prompts resample the first copy; evaluator `induction` (`induction:L` when L
+  is given and not the default).
+- `contrast:PATH`: contrastive pairs from a `.npz` of token ids or a `.jsonl` of texts (contrast.py); evaluator
+  `contrast:NAME`, NAME the file's name.
+
+A contrastive source gives every token analysis its clean prompts as a `TokenBatch`, with the pairs attached
+(`TokenBatch.contrast`), so analyses that read sequences run on the clean prompts and circuit analyses read the
+pairs (`contrast.contrasts(batches)`).
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from .contrast import ContrastBatch, induction_pairs, load_jsonl, load_npz
 from .errors import ConfigError
 
 REPEAT_MAX = 64  # tokens per repeated block at most (transformer-lens's demos use ~50)
@@ -32,12 +42,14 @@ class TokenBatch:
     evaluator: str
     first: int = 0  # position of the first real token (1 after a BOS): earlier positions are not scored
     period: int | None = None  # repeated tokens: the block length L (the second copy starts at first + L)
+    contrast: ContrastBatch | None = None  # a contrastive source's pairs (`tokens` are their clean prompts)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def to(self, device: str) -> "TokenBatch":
-        return replace(self, tokens=self.tokens.to(device))
+        return replace(self, tokens=self.tokens.to(device),
+                       contrast=None if self.contrast is None else self.contrast.to(device))
 
 
 @dataclass(frozen=True)
@@ -49,17 +61,27 @@ class ModelShape:
     bos: int | None
 
 
+KINDS = "repeated, repeated:L, tokens:FILE.npy, text:FILE.txt, induction, induction:L or contrast:FILE.npz|.jsonl"
+FILE_KINDS = ("tokens", "text", "contrast")
+
+
 def parse(spec: str) -> tuple[str, str]:
+    """(kind, argument) of a source spec; an unknown kind, a file kind without its file, a block length that is not
+    a number or a contrast file of another suffix is a one-line ConfigError."""
     kind, _, arg = spec.partition(":")
-    if kind not in ("repeated", "tokens", "text") or (kind != "repeated" and not arg):
-        raise ConfigError(f"unknown data source {spec!r}: use repeated, repeated:L, tokens:FILE.npy or text:FILE.txt")
+    if kind not in ("repeated", "induction", *FILE_KINDS) or (kind in FILE_KINDS and not arg):
+        raise ConfigError(f"unknown data source {spec!r}: use {KINDS}")
+    if kind in ("repeated", "induction") and arg and not arg.isdigit():
+        raise ConfigError(f"{kind}:L takes a block length, got {arg!r}")
+    if kind == "contrast" and Path(arg).suffix not in (".npz", ".jsonl"):
+        raise ConfigError(f"contrast source {arg} must be a .npz of token ids or a .jsonl of texts")
     return kind, arg
 
 
 def source_key(spec: str) -> str:
     """What keys a source in the analysis cache: its spec, and the content of its file if it reads one."""
     kind, arg = parse(spec)
-    if kind == "repeated":
+    if kind not in FILE_KINDS:
         return spec
     path = Path(arg)
     if not path.is_file():
@@ -67,23 +89,60 @@ def source_key(spec: str) -> str:
     return f"{kind}:{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
 
 
-def repeated_tokens(shape: ModelShape, n: int, seed: int, length: int | None = None) -> TokenBatch:
-    """n sequences [BOS] + r + r, r uniform over the vocabulary (BOS left out of it), |r| = length."""
-    first = 0 if shape.bos is None else 1
-    most = (shape.n_ctx - first) // 2
+def block_length(shape: ModelShape, length: int | None, kind: str = "repeated") -> int:
+    """The repeated block's length L: `length` checked against the context, or the default (as long as fits, at
+    most REPEAT_MAX)."""
+    most = (shape.n_ctx - (shape.bos is not None)) // 2
     length = min(REPEAT_MAX, most) if length is None else length
     if not 2 <= length <= most:
-        raise ConfigError(f"repeated:{length} does not fit: the model's context of {shape.n_ctx} tokens holds "
+        raise ConfigError(f"{kind}:{length} does not fit: the model's context of {shape.n_ctx} tokens holds "
                           f"blocks of 2 to {most}")
-    g = torch.Generator().manual_seed(seed)
+    return length
+
+
+def random_block(shape: ModelShape, n: int, length: int, g: torch.Generator) -> Int[Tensor, "n length"]:
+    """n blocks of `length` tokens uniform over the vocabulary, the BOS id left out."""
     block = torch.randint(shape.d_vocab - (shape.bos is not None), (n, length), generator=g)
-    if shape.bos is not None:
-        block = block + (block >= shape.bos).long()  # skip the BOS id
+    return block if shape.bos is None else block + (block >= shape.bos).long()
+
+
+def repeated_tokens(shape: ModelShape, n: int, seed: int, length: int | None = None) -> TokenBatch:
+    """n sequences [BOS] + r + r, r uniform over the vocabulary (BOS left out of it), |r| = length."""
+    return _repeated(shape, n, torch.Generator().manual_seed(seed), block_length(shape, length), "repeated_tokens",
+                     "repeated")
+
+
+def _repeated(shape: ModelShape, n: int, g: torch.Generator, length: int, default_name: str,
+              kind: str) -> TokenBatch:
+    block = random_block(shape, n, length, g)
     tokens = torch.cat([block, block], 1)
     if shape.bos is not None:
         tokens = torch.cat([torch.full((n, 1), shape.bos), tokens], 1)
-    name = "repeated_tokens" if length == min(REPEAT_MAX, most) else f"repeated:{length}"
-    return TokenBatch(tokens, name, first, period=length)
+    name = default_name if length == block_length(shape, None) else f"{kind}:{length}"
+    return TokenBatch(tokens, name, int(shape.bos is not None), period=length)
+
+
+def induction_tokens(shape: ModelShape, n: int, seed: int, length: int | None = None) -> TokenBatch:
+    """`repeated_tokens` (the same sequences for the same seed) carrying induction pairs: the corrupted prompts
+    resample the first copy with fresh tokens whose last one differs from the clean block's (contrast.py)."""
+    if shape.d_vocab - (shape.bos is not None) < 2:
+        raise ConfigError("induction pairs need a vocabulary of at least two tokens besides BOS")
+    g = torch.Generator().manual_seed(seed)
+    clean = _repeated(shape, n, g, block_length(shape, length, "induction"), "induction", "induction")
+    fresh = random_block(shape, n, clean.period, g)
+    while (clash := fresh[:, -1] == clean.tokens[:, -1]).any():  # redraw a wrong answer equal to the answer
+        fresh[clash, -1] = random_block(shape, int(clash.sum()), 1, g)[:, 0]
+    pairs = induction_pairs(clean.tokens, fresh, clean.first, clean.evaluator)
+    return replace(clean, contrast=pairs)
+
+
+def contrast_tokens(path: Path, shape: ModelShape, n: int, tokenizer=None) -> TokenBatch:
+    """A contrast file's pairs, their clean prompts as the batch's tokens."""
+    if not path.is_file():
+        raise ConfigError(f"data source file not found: {path}")
+    pairs = (load_npz(path, shape.d_vocab, shape.n_ctx, n) if path.suffix == ".npz"
+             else load_jsonl(path, tokenizer, shape.n_ctx, n))
+    return TokenBatch(pairs.clean, pairs.evaluator, contrast=pairs)
 
 
 def token_file(path: Path, shape: ModelShape, n: int) -> TokenBatch:
@@ -123,11 +182,13 @@ def token_batches(spec: str, shape: ModelShape, n: int, seed: int, tokenizer=Non
     """The source's batch, by its evaluator name."""
     kind, arg = parse(spec)
     if kind == "repeated":
-        if arg and not arg.isdigit():
-            raise ConfigError(f"repeated:L takes a block length, got {arg!r}")
         batch = repeated_tokens(shape, n, seed, int(arg) if arg else None)
+    elif kind == "induction":
+        batch = induction_tokens(shape, n, seed, int(arg) if arg else None)
     elif kind == "tokens":
         batch = token_file(Path(arg), shape, n)
+    elif kind == "contrast":
+        batch = contrast_tokens(Path(arg), shape, n, tokenizer)
     else:
         batch = text_file(Path(arg), tokenizer, shape, n)
     return {batch.evaluator: batch}
