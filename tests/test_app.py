@@ -12,7 +12,7 @@ from werkzeug.serving import make_server
 
 import coopinterp as ci
 from coopinterp.analysis.ablation import ablate, ablated_token_loss
-from coopinterp.app import Explorer, make_app, position_labels, render, render_attention
+from coopinterp.app import Explorer, curves_figure, make_app, position_labels, render, render_attention
 from coopinterp.app.kinds import TokenScorer
 from coopinterp.app.page import cell_id
 from coopinterp.cli import app as cli
@@ -138,8 +138,12 @@ def test_a_markov_run_shows_what_ablate_prints(markov_run):
             assert f"{ablated[ev]['loss'] - clean[ev]['loss']:+.4f}" == change
         losses[mode] = ablated["markov_id"]["loss"]
     assert len(set(losses.values())) == 3  # the modes differ
-    table, _ = render(explorer, step, ((1, 0),), "zero")
+    table, curves = render(explorer, step, ((1, 0),), "zero")
     assert table[1].children[1].children[2].id == cell_id("ablated", "loss", "markov_ood")
+    assert [t.name for t in curves_figure(explorer).data] == ["markov_id", "markov_ood", "ablated, chosen step"]
+    marks = [op for op in curves.to_plotly_json()["operations"] if op["location"] == ["data", -1, "y"]]
+    assert marks[0]["params"]["value"] == [explorer.update(step, ((1, 0),), "zero")[1][ev]["loss"]
+                                           for ev in ("markov_id", "markov_ood")]  # the logged curves are losses
 
 
 def test_a_markov_pattern_and_repeated_tokens(markov_run):

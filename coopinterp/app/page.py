@@ -129,13 +129,12 @@ def make_app(explorer: Explorer, step: int | None = None, heads: Sequence[Head] 
                                          style={"display": "inline-block"})])
                  for layer in range(cfg.n_layers)]
     all_heads = [f"{layer}.{h}" for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
-    data = "its own evaluators" if explorer.source is None else f"source {explorer.source}"
     app.layout = html.Div(style={"fontFamily": "sans-serif", "maxWidth": "1200px", "margin": "auto"}, children=[
         html.H2(f"Head ablation explorer: {run.name}"),
         html.Div(f"{len(run.steps)} checkpoints, {cfg.n_layers} layers x {cfg.n_heads} heads; evaluator batches of "
-                 f"n={explorer.n} sequences drawn with seed {explorer.seed} from {data} (the ones coopinterp ablate "
-                 "and analyze draw with the same options); ablated heads are replaced at every position (zero, "
-                 "batch mean, or another sequence's value)."),
+                 f"n={explorer.n} sequences drawn with seed {explorer.seed} ({', '.join(explorer.batches)}: the ones "
+                 "coopinterp ablate and analyze draw with the same options); ablated heads are replaced at every "
+                 "position (zero, batch mean, or another sequence's value)."),
         html.Div([html.B("training step"), dcc.Slider(id="step", min=0, max=len(run.steps) - 1, step=None,
                                                        value=start, marks=marks)],
                  style={"margin": "16px 0"}),
