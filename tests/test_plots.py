@@ -6,6 +6,7 @@ import sys
 from html import escape
 from pathlib import Path
 
+import plotly.graph_objects as go
 import plotly.io
 import pytest
 from plotly.colors import get_colorscale
@@ -498,3 +499,21 @@ def test_log_axes_tick_at_powers_of_ten(wide):
         for axis in [fig.layout[k] for k in fig.layout if k.startswith(("xaxis", "yaxis"))]:
             if axis.type == "log":
                 assert axis.dtick == 1, name
+
+
+def test_the_catalogue_is_built_from_the_figure_records(monkeypatch):
+    """A figure declared in a plot module's FIGURES is drawn where its analysis has rows, with no other change;
+    an exemplar table does not draw a token figure."""
+    from coopinterp.plots import catalogue
+    from coopinterp.plots.figure import Figure
+
+    names = [f.name for f in catalogue.catalogue()]
+    assert names.index("behavior") < names.index("circuit_evolution") < names.index("composition")
+    planted = Figure("planted", "attention", lambda v: go.Figure(layout=dict(title=str(len(v.table)))))
+    declared = catalogue.catalogue()
+    monkeypatch.setattr(catalogue, "catalogue", lambda: (planted,) + declared)
+    table = synthetic(analyses=("behavior", "attention"))
+    figs, _ = plots.figures(table)
+    assert figs["planted"].layout.title.text == str(len(table)) and "token_loss" not in figs
+    figs, _ = plots.figures(synthetic(analyses=("behavior",)))
+    assert "planted" not in figs  # a figure for any table needs its analysis's rows

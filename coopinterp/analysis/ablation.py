@@ -173,5 +173,4 @@ def headline(rows: pd.DataFrame) -> str:
 
 ANALYSIS = Analysis("ablation", 2, {"exemplar": rows, "tokens": token_rows},
                     "every head ablated alone (zero, mean, resample): accuracy, logit difference and loss "
-                    "(token models: next-token loss and its change)", headline=headline,
-                    figures=("ablation", "ablation_heatmap_icl"))
+                    "(token models: next-token loss and its change)", headline=headline)

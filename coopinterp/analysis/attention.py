@@ -122,5 +122,4 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
 
 ANALYSIS = Analysis("attention", 2, {"exemplar": rows, "tokens": token_rows}, "previous-token, self, induction and skip-trigram attention of every head "
                     "(token models: previous-token, self, duplicate-token, induction, OV copying)",
-                    figures=("layer0_attention", "layer1_attention", "induction_heatmap", "circuit_evolution"),
                     headline=headline)

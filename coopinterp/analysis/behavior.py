@@ -45,5 +45,4 @@ def headline(rows: pd.DataFrame) -> str:
 
 
 ANALYSIS = Analysis("behavior", 1, {"exemplar": rows, "tokens": token_rows},
-                    "accuracy and loss of every evaluator (token models: next-token loss)",
-                    figures=("behavior", "circuit_evolution"), headline=headline)
+                    "accuracy and loss of every evaluator (token models: next-token loss)", headline=headline)

@@ -71,4 +71,4 @@ def headline(rows: pd.DataFrame) -> str:
 
 
 ANALYSIS = Analysis("composition", 1, {"exemplar": rows, "tokens": rows}, "Q/K/V composition scores of every head "
-                    "pair across layers, with a random baseline", figures=("composition",), headline=headline)
+                    "pair across layers, with a random baseline", headline=headline)

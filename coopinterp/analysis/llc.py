@@ -303,4 +303,4 @@ def headline(rows: pd.DataFrame) -> str:
 
 ANALYSIS = Analysis("llc", 1, {"exemplar": rows, "tokens": token_rows}, "learning coefficient of the model and refined LLC of every head (SGLD, "
                     "needs coopinterp[devinterp])", options=Options, opt_in=True, own_data=("exemplar",),
-                    figures=("llc", "rllc_heatmap"), headline=headline)
+                    headline=headline)

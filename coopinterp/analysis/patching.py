@@ -304,5 +304,4 @@ def headline(rows: pd.DataFrame) -> str:
 
 ANALYSIS = Analysis("path_patching", 2, {"exemplar": rows, "tokens": token_rows},
                     "each layer-0 head (or all) patched into each layer-1 head's q, k or v: accuracy and logit "
-                    "difference (token models: every head into every later head, next-token loss)", options=Options, headline=headline,
-                    figures=("path_patching", "path_patching_icl"))
+                    "difference (token models: every head into every later head, next-token loss)", options=Options, headline=headline)

@@ -2,8 +2,9 @@
 
 Adding an analysis is adding one module under coopinterp/analysis/ with an `ANALYSIS = Analysis(...)`: analyze()
 finds it, the CLI parses its options (`--option NAME.KEY=VALUE`), `coopinterp analyses` lists it, and its
-headline appears in `analyze`'s summary. The cache key holds `version`: bump it whenever the rows change
-(tests/test_golden.py fails when an analysis's output changes under the same version).
+headline appears in `analyze`'s summary; its figures are declared beside their plots (coopinterp/plots/figure.py).
+The cache key holds `version`: bump it whenever the rows change (tests/test_golden.py fails when an analysis's
+output changes under the same version).
 
 Options are a frozen dataclass whose fields are typed `int`, `float`, `bool`, `str`, a `Literal[...]` of
 choices, or `X | None`; `parse_options` checks names, types and choices and gives one-line errors.
@@ -39,7 +40,6 @@ class Analysis:
     opt_in: bool = False  # run only when named (slow, or an optional dependency)
     # kinds of model on which it draws its own batches: there the evaluation batches' n and seed are not in its key
     own_data: tuple[ModelKind, ...] = ()
-    figures: tuple[str, ...] = ()  # figures drawn from its rows (coopinterp.plots)
     headline: Callable[[pd.DataFrame], str] | None = None  # its rows at one step -> a short summary
 
     def kind_for(self, model_kinds: tuple[ModelKind, ...]) -> ModelKind | None:

@@ -127,5 +127,4 @@ def headline(rows: pd.DataFrame) -> str:
 
 
 ANALYSIS = Analysis("strategy", 1, {"markov": rows}, "Markov task: KL to the four algorithms (unigram/bigram x retrieved/inferred), "
-                    "relative distance, best-fitting mix weights and its residual KL",
-                    figures=("strategy_weights",), headline=headline)
+                    "relative distance, best-fitting mix weights and its residual KL", headline=headline)

@@ -107,6 +107,7 @@ def analyses_cmd() -> None:
     """List every analysis: what it computes, which models it applies to, its options and figures."""
     from ..analysis import registry
     from ..analysis.record import describe_options
+    from ..plots.catalogue import catalogue
 
     table = Table(title="analyses (coopinterp analyze --analyses NAME --option NAME.KEY=VALUE)")
     for column in ("name", "version", "models", "what it computes", "options (type = default)", "figures"):
@@ -114,5 +115,5 @@ def analyses_cmd() -> None:
     for name, record in registry().items():
         opts = "\n".join(f"{k}: {t} = {d}" for k, t, d in describe_options(record.options))
         table.add_row(name + (" (opt-in)" if record.opt_in else ""), str(record.version), ", ".join(record.rows),
-                      record.summary, opts, ", ".join(record.figures))
+                      record.summary, opts, ", ".join(dict.fromkeys(f.name for f in catalogue() if f.analysis == name)))
     console.print(table)

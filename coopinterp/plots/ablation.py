@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .figure import Figure
 from .heatmaps import step_heatmap
 from .layout import apply_layout, set_caption
 from .lines import head_lines, legend_title, salient_heads
@@ -62,3 +63,9 @@ def ablation_heatmap(table: pd.DataFrame, evaluator: str = "icl", mode: str = "m
     return set_caption(fig, f"Change in {evaluator} {unit} (ablated − clean) when each head (row) is {mode}-ablated "
                             "alone at each checkpoint (column): red cells are heads the evaluator needs, blue cells "
                             "heads whose removal helps it, white cells heads it does not use.")
+
+
+FIGURES = [
+    Figure("ablation", "ablation", lambda v: ablation_figure(v.table, x=v.x, marks=v.marks), ("exemplar",)),
+    Figure("ablation_heatmap_icl", "ablation", lambda v: ablation_heatmap(v.table, "icl", marks=v.marks), ("exemplar",)),
+]

@@ -15,6 +15,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .behavior import behavior_figure
+from .figure import Figure
+from .heatmaps import head_heatmap
 from .layout import apply_layout, panel_legend, set_caption
 from .lines import head_lines, legend_title, salient_heads
 from .marks import Phase, mark_phases, phases
@@ -149,3 +151,31 @@ def circuit_figure(table: pd.DataFrame, x: str = "step", behavior_table: pd.Data
                      "or copying score (attending to, or copying, the memorised label); dotted lines mark the ICL "
                      "peak and where CIWL overtakes ICL.")
     return mark_phases(fig, phases(behavior_table) if with_behavior else [], x)
+
+
+INDUCTION_CAPTIONS = {
+    "induction_strength": "Induction strength on flip of every head (row) at every checkpoint (column), on a diverging "
+                          "scale centred at 0: blue where the query attends to the label of its class in context "
+                          "(copying from the context, as ICL does), red where it attends to the other label (the "
+                          "memorised answer), white where it prefers neither.",
+    "induction_score": "Induction score of every head (row) at every checkpoint (column): its attention to the token "
+                       "after an earlier copy of the current one, high for an induction head.",
+}
+
+
+def induction_heatmap(table: pd.DataFrame, marks: Sequence[Phase]) -> go.Figure:
+    """Induction per head over training: the exemplar task's signed strength on flip, or a token run's score."""
+    metric = "induction_score" if (table.metric == "induction_score").any() else "induction_strength"
+    title = "Induction strength (flip)" if metric == "induction_strength" else "Induction score"
+    fig = head_heatmap(table, "attention", metric, marks=marks, signed=metric == "induction_strength",
+                       title=f"{title} per head over training")
+    return set_caption(fig, INDUCTION_CAPTIONS[metric])
+
+
+FIGURES = [
+    Figure("circuit_evolution", "attention", lambda v: circuit_figure(v.table, x=v.x, behavior_table=v.behavior),
+           ("exemplar",)),
+    Figure("layer{layer}_attention", "attention", lambda v, layer: layer_figure(v.table, layer, x=v.x, marks=v.marks),
+           ("exemplar", "tokens"), per_layer=True),
+    Figure("induction_heatmap", "attention", lambda v: induction_heatmap(v.table, v.marks), ("exemplar", "tokens")),
+]

@@ -6,6 +6,7 @@ from typing import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
+from .figure import Figure
 from .layout import apply_layout, set_caption
 from .marks import Phase, mark_phases, phases
 from .rows import on_log_x, select, x_title
@@ -37,3 +38,6 @@ def behavior_figure(table: pd.DataFrame, metric: str = "acc", x: str = "step",
     set_caption(fig, CAPTION if metric == "acc" else "Each evaluator's cross-entropy loss over training (log step "
                      "axis); dotted lines mark the ICL peak and where CIWL overtakes ICL.")
     return mark_phases(fig, marks, x)
+
+
+FIGURES = [Figure("behavior", "behavior", lambda v: behavior_figure(v.behavior, x=v.x, marks=v.marks), ("exemplar",))]

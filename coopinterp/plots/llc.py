@@ -7,6 +7,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .behavior import behavior_figure
+from .figure import Figure
+from .heatmaps import head_heatmap
 from .layout import apply_layout, panel_legend, set_caption
 from .lines import head_lines, legend_title, salient_heads
 from .marks import mark_phases, phases
@@ -52,3 +54,14 @@ def llc_figure(table: pd.DataFrame, x: str = "step", behavior_table: pd.DataFram
                      "each head's refined LLC (log scale) on one step axis, to compare the LLC's turns with the "
                      "dotted phase lines.")
     return mark_phases(fig, phases(behavior_table) if with_behavior else [], x)
+
+
+RLLC_CAPTION = ("Refined LLC of every head (row) at every checkpoint (column), coloured on a log scale: which heads' "
+                "weights the loss is most sensitive to, and when.")
+
+FIGURES = [
+    Figure("llc", "llc", lambda v: llc_figure(v.table, x=v.x, behavior_table=v.behavior), ("exemplar",)),
+    Figure("rllc_heatmap", "llc", lambda v: set_caption(head_heatmap(
+        v.table, "llc", "rllc", "train", marks=v.marks, log_floor=1e-3,
+        title="Refined LLC of each head over training"), RLLC_CAPTION), ("exemplar",)),
+]

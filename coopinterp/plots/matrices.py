@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .figure import Figure
 from .layout import apply_layout, set_caption
 from .marks import Phase, phases
 from .rows import MissingAnalysis, clean_baseline, select
@@ -147,3 +148,18 @@ def path_patching_figure(table: pd.DataFrame, evaluator: str = "train", metric: 
         set_caption(fig, f"{evaluator} {unit} when a sender head's output (row; all: every sender) is {where}, one "
                          "checkpoint at a time with the slider.")
     return matrix_slider(fig, steps, len(comps), phases(table) if marks is None else marks)
+
+
+PATH_PATCHING_CAPTION = (
+    "Change in ciwl accuracy from the clean model when a sender head's output (row; all: every sender) is mean-patched "
+    "only into the query, key or value input of a receiver head (column; all: every receiver), shown for CIWL because "
+    "train accuracy saturates at 1, where no patch can show: a red cell is a path CIWL runs through, a blue one a path "
+    "whose removal helps it.")
+
+FIGURES = [
+    Figure("composition", "composition", lambda v: composition_figure(v.table, marks=v.marks), ("exemplar", "tokens")),
+    Figure("path_patching", "path_patching", lambda v: set_caption(
+        path_patching_figure(v.table, "ciwl", marks=v.marks), PATH_PATCHING_CAPTION), ("exemplar",)),
+    Figure("path_patching_icl", "path_patching", lambda v: path_patching_figure(v.table, "icl", marks=v.marks),
+           ("exemplar",)),
+]

@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .figure import Figure
 from .layout import apply_layout, set_caption
 from .rows import on_log_x, select, x_title
 from .style import log_axis
@@ -41,3 +42,6 @@ def strategy_weights_figure(table: pd.DataFrame, x: str = "step") -> go.Figure:
         fig.update_xaxes(log_axis(title=x_title(x)), row=1, col=col)
     apply_layout(fig, "Which algorithm the model runs: best-fitting mix weights over training")
     return set_caption(fig, CAPTION)
+
+
+FIGURES = [Figure("strategy_weights", "strategy", lambda v: strategy_weights_figure(v.full, x=v.x))]

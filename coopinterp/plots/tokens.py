@@ -7,6 +7,7 @@ from typing import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
+from .figure import Figure
 from .heatmaps import head_heatmap
 from .layout import apply_layout, set_caption
 from .marks import Phase, mark_phases
@@ -64,3 +65,10 @@ def token_ablation_heatmap(table: pd.DataFrame, marks: Sequence[Phase] = ()) -> 
 def token_path_patching_figure(table: pd.DataFrame, marks: Sequence[Phase] = ()) -> go.Figure:
     """Path patching every head into every later head's q, k or v: the change in loss, checkpoint by checkpoint."""
     return path_patching_figure(table, source(table), "loss", marks=marks)
+
+
+FIGURES = [
+    Figure("token_loss", "behavior", lambda v: token_loss_figure(v.table, x=v.x), ("tokens",)),
+    Figure("ablation_heatmap", "ablation", lambda v: token_ablation_heatmap(v.table), ("tokens",)),
+    Figure("path_patching", "path_patching", lambda v: token_path_patching_figure(v.table), ("tokens",)),
+]
