@@ -306,7 +306,8 @@ def test_every_analysis_module_declares_one_record():
     assert list(records) == ["behavior", "attention", "composition", "ablation", "path_patching", "clamping",
                              "paper_checks", "llc", "strategy"]
     assert all(r.version >= 1 and r.summary for r in records.values())
-    assert [n for n, r in records.items() if r.opt_in] == ["llc"]
+    assert [n for n, r in records.items() if r.opt_in is True] == ["llc"]
+    assert [n for n, r in records.items() if r.opt_in_on(("tokens",))] == ["path_patching", "llc"]
     assert an.default_analyses() == [n for n in records if n not in ("llc", "strategy")]  # strategy: markov runs
 
 

@@ -9,8 +9,9 @@ next-token loss and `delta_loss`, minus the clean loss), per evaluator, head and
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
-from typing import Sequence
+from typing import Literal, Sequence
 
 import pandas as pd
 import torch
@@ -18,6 +19,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
+from ..errors import ConfigError
 from ..model import CoopModel
 from ..token_model import TokenModel
 from ..sources import TokenBatch
@@ -34,7 +36,8 @@ from .engine import (
     masked_edit,
     replacement,
 )
-from .forwards import TOKENS_PER_CALL, final_stream, stream_loss, token_run
+from .forwards import (TOKENS_PER_CALL, final_stream, recorded, stopped_at, stream_loss, stream_loss_grad,
+                       token_run)
 from .record import Analysis
 
 
@@ -105,19 +108,80 @@ def ablated_token_loss(model: TokenModel, batch: TokenBatch, head_sets: Sequence
     return totals / (n * (T - batch.first - 1))
 
 
-@torch.no_grad()
-def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
-    """Every head ablated alone, in every mode: next-token loss and its change from the clean loss."""
-    heads = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
+EXACT_HEADS = 16  # method auto: a token model with at most this many heads is ablated exactly (docs/speed.md)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a token model's rows are computed; the exemplar model's are always exact (its engine ablates every head
+    in one batched pass)."""
+
+    method: Literal["auto", "exact", "attribution"] = "auto"  # auto: exact up to EXACT_HEADS heads, else attribution
+    top_k: int = 8  # attribution: the heads per evaluator and mode whose estimate is rechecked exactly
+
+
+def token_method(options: Options, cfg: HeadGrid) -> str:
+    """The method `options` ask for on a model of this size ("exact" or "attribution")."""
+    if options.top_k < 0:
+        raise ConfigError(f"ablation option top_k must be >= 0, got {options.top_k}")
+    if options.method != "auto":
+        return options.method
+    return "exact" if cfg.n_layers * cfg.n_heads <= EXACT_HEADS else "attribution"
+
+
+def z_grads(model: TokenModel, batch: TokenBatch) -> tuple[Zs, Zs]:
+    """Every layer's clean `hook_z` and the gradient of the mean next-token loss with respect to it: one forward
+    (stopped before the unembedding, whose gradient `stream_loss_grad` takes a block of rows at a time) and one
+    backward to the first layer's `hook_z`."""
     names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
+    with torch.enable_grad():
+        start = (get_act_name("resid_pre", 0), lambda x, hook: x.detach().requires_grad_())  # no weight gradients
+        acts = {}
+
+        def keep(z: Tensor, hook, name: str) -> Tensor:
+            acts[name] = z
+            return z  # returned, so that the rest of the forward reads this tensor (the hook sees a head-split copy)
+
+        hidden = stopped_at(model, batch.tokens, "unembed.hook_in",
+                            [start, *[(name, partial(keep, name=name)) for name in names]])
+        _, grad = stream_loss_grad(model, hidden, batch.tokens, batch.first)
+        zs = [acts[name] for name in names]
+        grads = torch.autograd.grad(hidden, zs, grad)
+    return [z.detach() for z in zs], list(grads)
+
+
+def attribution(zs: Zs, grads: Zs, mode: str) -> Float[Tensor, "layer head"]:
+    """Each head's ablation effect on the mean loss to first order: its loss gradient dotted with the change that
+    ablating it makes to its `hook_z`."""
+    return torch.stack([torch.einsum("nphd,nphd->h", g, replacement(z, mode) - z) for z, g in zip(zs, grads)])
+
+
+@torch.no_grad()
+def token_rows(model: TokenModel, batches: dict[str, TokenBatch], options: Options = Options()) -> list[dict]:
+    """Every head ablated alone, in every mode: next-token loss and its change from the clean loss, exactly, or
+    (attribution) every head's estimated change and the top_k heads by its size exactly."""
+    heads = all_heads(model.cfg)
+    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
+    method = token_method(options, model.cfg)
     out = []
     for ev, batch in batches.items():
         clean = token_run(model, batch).loss.mean().item()
-        _, cache = model.run_with_cache(batch, names_filter=names)
-        for mode in MODES:
-            losses = ablated_token_loss(model, batch, [[h] for h in heads],
-                                        [replacement(cache[name], mode) for name in names])
-            for (layer, head), value in zip(heads, losses.tolist()):
+        if method == "exact":
+            zs, exact = recorded(model, batch.tokens, names), {mode: heads for mode in MODES}
+            zs = [zs[name] for name in names]
+        else:
+            zs, grads = z_grads(model, batch)
+            exact = {}
+            for mode in MODES:
+                estimate = attribution(zs, grads, mode)
+                top = estimate.flatten().abs().topk(min(options.top_k, len(heads))).indices.tolist()
+                exact[mode] = [heads[i] for i in top]
+                out += [{"evaluator": ev, "layer": layer, "head": head, "component": mode,
+                         "metric": "delta_loss_attribution", "value": value}
+                        for (layer, head), value in zip(heads, estimate.flatten().tolist())]
+        for mode, chosen in exact.items():
+            losses = ablated_token_loss(model, batch, [[h] for h in chosen], [replacement(z, mode) for z in zs])
+            for (layer, head), value in zip(chosen, losses.tolist()):
                 base = {"evaluator": ev, "layer": layer, "head": head, "component": mode}
                 out += [{**base, "metric": "loss", "value": value},
                         {**base, "metric": "delta_loss", "value": value - clean}]
@@ -125,8 +189,9 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch]) -> list[dict]:
 
 
 @torch.no_grad()
-def rows(model: CoopModel, batches: dict[str, Batch]) -> list[dict]:
-    """Every head ablated alone, in every mode: acc, logit difference and loss on every evaluator."""
+def rows(model: CoopModel, batches: dict[str, Batch], options: Options = Options()) -> list[dict]:
+    """Every head ablated alone, in every mode: acc, logit difference and loss on every evaluator (`options` choose
+    how a token model's rows are computed and change nothing here)."""
     engine, heads, out = Engine(model), all_heads(model.cfg), []
     masks = head_masks([[h] for h in heads], model.cfg)
     for ev, batch in batches.items():
@@ -173,4 +238,5 @@ def headline(rows: pd.DataFrame) -> str:
 
 ANALYSIS = Analysis("ablation", 2, {"exemplar": rows, "tokens": token_rows},
                     "every head ablated alone (zero, mean, resample): accuracy, logit difference and loss "
-                    "(token models: next-token loss and its change)", headline=headline)
+                    "(token models: next-token loss and its change, by attribution patching above 16 heads)",
+                    options=Options, headline=headline)

@@ -8,6 +8,7 @@ asks.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
@@ -125,7 +126,24 @@ def token_run(model: TokenModel, batch: TokenBatch) -> TokenRun:
 
 
 class _Stop(Exception):
-    """Raised by `final_stream`'s hook: nothing after the final LayerNorm is needed."""
+    """Raised by `stopped_at`'s hook: nothing after that hook is needed."""
+
+
+def stopped_at(model: TokenModel | CoopModel, inputs: Tensor, name: str,
+               fwd_hooks: Sequence[tuple[str, Callable]] = (), **kwargs) -> Tensor:
+    """The activation at hook `name` of a hooked forward of the bridge on `inputs` that stops there (with gradients
+    where the caller enables them)."""
+    store = {}
+
+    def grab(x: Tensor, hook) -> None:
+        store["x"] = x
+        raise _Stop
+
+    try:
+        model.bridge.run_with_hooks(inputs, fwd_hooks=[*fwd_hooks, (name, grab)], **kwargs)
+    except _Stop:
+        pass
+    return store["x"]
 
 
 @torch.no_grad()
@@ -134,17 +152,45 @@ def final_stream(model: TokenModel | CoopModel, inputs: Tensor, fwd_hooks: Seque
     """The unembedding's input (`unembed.hook_in`, after the final LayerNorm) of a hooked forward of the bridge on
     `inputs` (tokens, or a residual stream with `start_at_layer=0`) that stops there, so that a metric unembeds only
     the rows it reads (`engine.full_rows`), a block at a time."""
+    return stopped_at(model, inputs, "unembed.hook_in", fwd_hooks, **kwargs)
+
+
+@torch.no_grad()
+def recorded(model: TokenModel, tokens: Int[Tensor, "n pos"], names: Sequence[str]) -> dict[str, Tensor]:
+    """The activations at hooks `names` of one clean forward, stopped before the unembedding."""
     store = {}
 
-    def grab(x: Tensor, hook) -> None:
-        store["x"] = x
-        raise _Stop
+    def record(x: Tensor, hook, name: str) -> None:
+        store[name] = x
 
+    final_stream(model, tokens, [(name, partial(record, name=name)) for name in names])
+    return store
+
+
+@contextmanager
+def blocks_from(model: TokenModel, layer: int) -> Iterator[None]:
+    """Inside the block the bridge's forward runs only blocks `layer` on: the earlier ones leave its block list (the
+    Hugging Face model's own, which its forward iterates) until the block ends."""
+    blocks = model.bridge.blocks._modules
+    below = {key: blocks.pop(key) for key in list(blocks)[:layer]}
     try:
-        model.bridge.run_with_hooks(inputs, fwd_hooks=[*fwd_hooks, ("unembed.hook_in", grab)], **kwargs)
-    except _Stop:
-        pass
-    return store["x"]
+        yield
+    finally:
+        rest = dict(blocks)
+        blocks.clear()
+        blocks.update(below)
+        blocks.update(rest)
+
+
+@torch.no_grad()
+def resumed(model: TokenModel, resid: Float[Tensor, "n pos d_model"], tokens: Int[Tensor, "n pos"], layer: int,
+            fwd_hooks: Sequence[tuple[str, Callable]] = (), stop: str = "unembed.hook_in") -> Tensor:
+    """The activation at hook `stop` of a forward that starts at block `layer` from `resid` (the stream entering it,
+    e.g. the clean one from `recorded`) without running the blocks below; `tokens` (same shape) only feed the
+    embedding, whose output block `layer` replaces."""
+    enter = (get_act_name("resid_pre", layer), lambda x, hook: resid)
+    with blocks_from(model, layer):
+        return stopped_at(model, tokens, stop, [enter, *fwd_hooks])
 
 
 def stream_loss(model: TokenModel, hidden: Float[Tensor, "n pos d_model"], tokens: Int[Tensor, "n pos"],
@@ -152,6 +198,24 @@ def stream_loss(model: TokenModel, hidden: Float[Tensor, "n pos d_model"], token
     """`next_token_loss` from the unembedding's input, unembedding a block of rows at a time (no full logits)."""
     ce, _ = full_rows(hidden[:, first:-1], model.bridge.W_U, model.bridge.b_U, tokens[:, first + 1:], top=False)
     return ce
+
+
+def stream_loss_grad(model: TokenModel, hidden: Float[Tensor, "n pos d_model"], tokens: Int[Tensor, "n pos"],
+                     first: int) -> tuple[Float[Tensor, ""], Float[Tensor, "n pos d_model"]]:
+    """The mean next-token loss from the unembedding's input and its gradient with respect to that input, a block
+    of rows at a time (no full logits, no graph through the unembedding)."""
+    W_U, b_U = model.bridge.W_U.detach(), model.bridge.b_U.detach()
+    rows, targets = hidden.detach()[:, first:-1].reshape(-1, hidden.shape[-1]), tokens[:, first + 1:].reshape(-1)
+    grad, total = torch.zeros_like(rows), rows.new_zeros(())
+    for block in torch.arange(len(rows), device=rows.device).split(max(1, LOGITS_BUDGET // W_U.shape[-1])):
+        with torch.enable_grad():
+            x = rows[block].requires_grad_()
+            loss = torch.nn.functional.cross_entropy(x @ W_U + b_U, targets[block], reduction="sum")
+            grad[block] = torch.autograd.grad(loss, x)[0]
+        total += loss.detach()
+    full = torch.zeros_like(hidden)
+    full[:, first:-1] = grad.view(hidden.shape[0], -1, hidden.shape[-1]) / len(rows)
+    return total / len(rows), full
 
 
 def next_token_loss(logits: Float[Tensor, "n pos vocab"], tokens: Int[Tensor, "n pos"],

@@ -35,8 +35,8 @@ from ..model import CoopModel
 from ..token_model import TokenModel
 from ..sources import TokenBatch
 from ..task import Batch
-from .engine import Engine, check_direct_path, replacement, with_direct_path
-from .forwards import TOKENS_PER_CALL, final_stream, stream_loss, token_run
+from .engine import Engine, Head, check_direct_path, replacement, with_direct_path
+from .forwards import TOKENS_PER_CALL, recorded, resumed, stream_loss, token_run
 from .record import Analysis
 
 COMPONENTS = ("q", "k", "v")
@@ -204,13 +204,34 @@ def receive_hooked(model: CoopModel, batch: Batch, receivers: Sequence[int], com
     return model.run_with_hooks(batch, fwd_hooks=hooks + list(extra_hooks))
 
 
+def clean_acts(model: TokenModel, batch: TokenBatch) -> dict[str, Tensor]:
+    """Every layer's clean `hook_z` and `hook_resid_pre` from one forward stopped before the unembedding."""
+    names = [get_act_name(a, layer) for layer in range(model.cfg.n_layers) for a in ("z", "resid_pre")]
+    return recorded(model, batch.tokens, names)
+
+
+def sender_delta(model: TokenModel, acts: dict[str, Tensor], senders: Sequence[Head], mode: str,
+                 seed: int = 0) -> Float[Tensor, "n pos d_model"]:
+    """What replacing the senders' `hook_z` (engine.replacement) adds to the residual stream, through their W_O."""
+    delta = 0
+    for layer, head in senders:
+        z = acts[get_act_name("z", layer)]
+        delta = delta + (replacement(z, mode, seed) - z)[..., head, :] @ model.bridge.W_O[layer, head]
+    return delta
+
+
 @torch.no_grad()
-def patched_inputs(model: TokenModel, tokens: Tensor, layer: int, delta: Float[Tensor, "n pos d_model"]) -> dict:
-    """hook_q, hook_k and hook_v of `layer` when `delta` is added to the stream entering it."""
-    names = {c: get_act_name(c, layer) for c in COMPONENTS}
-    with model.bridge.hooks(fwd_hooks=[(get_act_name("resid_pre", layer), lambda resid, hook: resid + delta)]):
-        _, cache = model.bridge.run_with_cache(tokens, names_filter=list(names.values()))
-    return {c: cache[name] for c, name in names.items()}
+def patched_inputs(model: TokenModel, tokens: Tensor, layer: int, resid: Float[Tensor, "n pos d_model"]) -> dict:
+    """hook_q, hook_k and hook_v of `layer` when `resid` enters it: one block's attention inputs, from a forward
+    started at that block and stopped at its `hook_z`."""
+    store = {}
+
+    def record(x: Tensor, hook, c: str) -> None:
+        store[c] = x
+
+    resumed(model, resid, tokens, layer, [(get_act_name(c, layer), partial(record, c=c)) for c in COMPONENTS],
+            stop=get_act_name("z", layer))
+    return store
 
 
 @torch.no_grad()
@@ -218,20 +239,15 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch], options: Optio
     """Every head -> every head of each later layer, through q, k and v (the sender mean-ablated); `options` set what
     the exemplar task reports and change nothing here: a token model always reports its next-token loss."""
     cfg, out = model.cfg, []
+    sets = [(c, h) for c in COMPONENTS for h in range(cfg.n_heads)]
     for ev, batch in batches.items():
-        n, T = batch.tokens.shape
         clean = token_run(model, batch).loss.mean().item()
-        z_names = [get_act_name("z", layer) for layer in range(cfg.n_layers)]
-        _, cache = model.run_with_cache(batch, names_filter=z_names)
+        acts = clean_acts(model, batch)
         for src_layer in range(cfg.n_layers - 1):
-            z = cache[z_names[src_layer]]
             for src_head in range(cfg.n_heads):
-                change = replacement(z, "mean")[..., src_head, :] - z[..., src_head, :]
-                delta = change @ model.bridge.W_O[src_layer, src_head]
+                delta = sender_delta(model, acts, [(src_layer, src_head)], "mean")
                 for layer in range(src_layer + 1, cfg.n_layers):
-                    patched = patched_inputs(model, batch.tokens, layer, delta)
-                    sets = [(c, h) for c in COMPONENTS for h in range(cfg.n_heads)]
-                    losses = swapped_loss(model, batch, layer, sets, patched)
+                    losses = swapped_loss(model, batch, layer, sets, acts, delta)
                     for (c, head), value in zip(sets, losses.tolist()):
                         base = {"evaluator": ev, "layer": layer, "head": head, "src_layer": src_layer,
                                 "src_head": src_head, "component": c}
@@ -241,36 +257,33 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch], options: Optio
 
 
 @torch.no_grad()
-def token_path_patch(model: TokenModel, batch: TokenBatch, senders: list[tuple[int, int]],
-                     receivers: list[tuple[int, int]], mode: str = "mean", seed: int = 0) -> dict[str, Tensor]:
+def token_path_patch(model: TokenModel, batch: TokenBatch, senders: list[Head], receivers: list[Head],
+                     mode: str = "mean", seed: int = 0) -> dict[str, Tensor]:
     """The next-token loss with the senders' outputs replaced (`mode`, engine.replacement) only in each receiver's
     q, k or v input: "clean" (a scalar) and, per component, one loss per receiver. Every receiver must sit in a
     layer above every sender; LayerNorm is recomputed on the patched stream."""
     if max(layer for layer, _ in senders) >= min(layer for layer, _ in receivers):
         raise ConfigError("every receiver must sit in a layer above every sender")
-    z_names = [get_act_name("z", layer) for layer in sorted({layer for layer, _ in senders})]
-    _, cache = model.run_with_cache(batch, names_filter=z_names)
-    delta = 0
-    for layer, head in senders:
-        z = cache[get_act_name("z", layer)]
-        change = replacement(z, mode, seed)[..., head, :] - z[..., head, :]
-        delta = delta + change @ model.bridge.W_O[layer, head]
+    acts = clean_acts(model, batch)
+    delta = sender_delta(model, acts, senders, mode, seed)
     out = {"clean": token_run(model, batch).loss.mean()}
     for layer in sorted({layer for layer, _ in receivers}):
-        patched = patched_inputs(model, batch.tokens, layer, delta)
         heads = [head for at, head in receivers if at == layer]
         sets = [(c, h) for c in COMPONENTS for h in heads]
-        for (c, _), value in zip(sets, swapped_loss(model, batch, layer, sets, patched)):
+        for (c, _), value in zip(sets, swapped_loss(model, batch, layer, sets, acts, delta)):
             out.setdefault(c, []).append(value)
     return {k: v if k == "clean" else torch.stack(v) for k, v in out.items()}
 
 
 @torch.no_grad()
 def swapped_loss(model: TokenModel, batch: TokenBatch, layer: int, sets: list[tuple[str, int]],
-                 patched: dict[str, Tensor]) -> Float[Tensor, " sets"]:
+                 acts: dict[str, Tensor], delta: Float[Tensor, "n pos d_model"]) -> Float[Tensor, " sets"]:
     """Mean next-token loss of each set (component, receiver head): the clean run with that head's q, k or v at
-    `layer` taken from `patched`, the sets folded into the batch (in chunks that bound the activations' memory)."""
+    `layer` taken from the run whose stream entering `layer` carries `delta`. Both start at `layer` from the clean
+    stream (`clean_acts`); the sets are folded into the batch, in chunks that bound the activations' memory."""
     n, T = batch.tokens.shape
+    resid = acts[get_act_name("resid_pre", layer)]
+    patched = patched_inputs(model, batch.tokens, layer, resid + delta)
     per_call = max(1, TOKENS_PER_CALL // (n * T))
     totals = []
     for first in range(0, len(sets), per_call):
@@ -287,8 +300,8 @@ def swapped_loss(model: TokenModel, batch: TokenBatch, layer: int, sets: list[tu
             return x.flatten(0, 1)
 
         tokens = batch.tokens.repeat(S, 1)
-        hidden = final_stream(model, tokens, [(get_act_name(c, layer), partial(swap, c=c))
-                                              for c in {c for c, _ in group}])
+        hidden = resumed(model, resid.repeat(S, 1, 1), tokens, layer,
+                         [(get_act_name(c, layer), partial(swap, c=c)) for c in {c for c, _ in group}])
         totals.append(stream_loss(model, hidden, tokens, batch.first).view(S, -1).mean(-1))
     return torch.cat(totals)
 
@@ -304,4 +317,5 @@ def headline(rows: pd.DataFrame) -> str:
 
 ANALYSIS = Analysis("path_patching", 2, {"exemplar": rows, "tokens": token_rows},
                     "each layer-0 head (or all) patched into each layer-1 head's q, k or v: accuracy and logit "
-                    "difference (token models: every head into every later head, next-token loss)", options=Options, headline=headline)
+                    "difference (token models, on request: every head into every later head, next-token loss)",
+                    options=Options, opt_in=("tokens",), headline=headline)

@@ -37,7 +37,8 @@ class Analysis:
     rows: dict[ModelKind, Callable[..., list[dict]]]
     summary: str  # one line for `coopinterp analyses`
     options: type | None = None  # a frozen dataclass of settings (module docstring), None: no settings
-    opt_in: bool = False  # run only when named (slow, or an optional dependency)
+    # run only when named (slow, or an optional dependency): on every kind of model (True) or on those named
+    opt_in: bool | tuple[ModelKind, ...] = False
     # kinds of model on which it draws its own batches: there the evaluation batches' n and seed are not in its key
     own_data: tuple[ModelKind, ...] = ()
     headline: Callable[[pd.DataFrame], str] | None = None  # its rows at one step -> a short summary
@@ -48,6 +49,10 @@ class Analysis:
 
     def applies(self, model_kinds: tuple[ModelKind, ...]) -> bool:
         return self.kind_for(model_kinds) is not None
+
+    def opt_in_on(self, model_kinds: tuple[ModelKind, ...]) -> bool:
+        """Whether, on a model of these kinds, it runs only when named."""
+        return self.opt_in is True or (self.opt_in is not False and self.kind_for(model_kinds) in self.opt_in)
 
     def draws_own_data(self, model_kinds: tuple[ModelKind, ...]) -> bool:
         """Whether, on a model of these kinds, it ignores the evaluation batches (so n and seed leave its key)."""

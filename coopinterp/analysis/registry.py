@@ -28,7 +28,7 @@ ORDER = ("behavior", "attention", "composition", "ablation", "path_patching", "c
 
 def default_analyses(model_kinds: tuple[str, ...] = ("exemplar",)) -> list[str]:
     """What analyze() runs when not told: every analysis for a model of these kinds but the opt-in ones."""
-    return [name for name, a in registry().items() if not a.opt_in and a.applies(model_kinds)]
+    return [name for name, a in registry().items() if a.applies(model_kinds) and not a.opt_in_on(model_kinds)]
 
 
 def check_names(analyses: str | Sequence[str] | None, model_kinds: tuple[str, ...]) -> list[str]:
