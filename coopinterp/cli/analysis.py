@@ -9,24 +9,26 @@ import typer
 from rich.table import Table
 
 from ..errors import CoopError
-from .common import app, check_out, comma_ints, comma_list, console, friendly
+from .common import REVISIONS_HELP, SOURCE_HELP, app, check_out, comma_ints, comma_list, console, friendly, \
+    warn_identical
 
 
 @app.command("analyze")
 @friendly
 def analyze_cmd(
-    run_dir: Path = typer.Argument(..., help="A coopinterp run directory, or a directory of Hugging Face checkpoint "
-                                   "folders (step1000/, checkpoint-1000/, or --pattern)."),
+    run_dir: Path = typer.Argument(..., help="A coopinterp run directory, a directory of Hugging Face checkpoint "
+                                   "folders (step1000/, checkpoint-1000/, or --pattern), or hf:ORG/NAME (revisions "
+                                   "in the local Hugging Face cache)."),
     analyses: Optional[str] = typer.Option(None, "--analyses", help="Comma-separated analyses (default: every one "
                                            "for the run's kind of model but the opt-in llc; see `coopinterp "
                                            "analyses`)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated checkpoint steps (default: all)."),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches."),
-    source: Optional[str] = typer.Option(None, "--source", help="Token models' data: repeated (default), "
-                                         "repeated:L, tokens:FILE.npy or text:FILE.txt."),
+    source: Optional[str] = typer.Option(None, "--source", help=SOURCE_HELP),
     pattern: Optional[str] = typer.Option(None, "--pattern", help=r"Regex naming checkpoint folders, first group "
                                           r"the step (e.g. 'ckpt_(\d+)')."),
+    revisions: Optional[str] = typer.Option(None, "--revisions", help=REVISIONS_HELP),
     option: list[str] = typer.Option([], "--option", help="An analysis option NAME.KEY=VALUE, e.g. llc.draws=100 "
                                      "(repeatable; `coopinterp analyses` lists them)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Table path, .parquet or .csv "
@@ -52,10 +54,12 @@ def analyze_cmd(
         check_out(out, (".parquet", ".csv"))
     names = comma_list(analyses) if analyses is not None else None
     options = parse_option_flags(option, names)
-    run = open_run(run_dir, pattern=pattern)
+    run = open_run(run_dir, pattern=pattern, revisions=revisions)
+    chosen = comma_ints(steps, "--steps") if steps is not None else None
+    warn_identical(run, chosen)
     out = out or check_out(run.path / "analysis" / "table.parquet", (".parquet", ".csv"))
     t0 = time.perf_counter()
-    df = analyze(run, names, steps=comma_ints(steps, "--steps") if steps is not None else None, n=n, seed=seed,
+    df = analyze(run, names, steps=chosen, n=n, seed=seed,
                  progress=progress, recompute=recompute, workers=workers, options=options,
                  source=source, ray=ray)
     try:
@@ -114,8 +118,6 @@ def analyses_cmd() -> None:
         table.add_column(column)
     for name, record in registry().items():
         opts = "\n".join(f"{k}: {t} = {d}" for k, t, d in describe_options(record.options))
-        opt_in = "" if not record.opt_in else " (opt-in)" if record.opt_in is True else \
-            f" (opt-in on {', '.join(record.opt_in)})"
-        table.add_row(name + opt_in, str(record.version), ", ".join(record.rows),
+        table.add_row(name + (" (opt-in)" if record.opt_in else ""), str(record.version), ", ".join(record.rows),
                       record.summary, opts, ", ".join(dict.fromkeys(f.name for f in catalogue() if f.analysis == name)))
     console.print(table)

@@ -65,6 +65,20 @@ def check_out(path: Path, suffixes: tuple[str, ...] = (), folder: bool = False) 
     return path
 
 
+REVISIONS_HELP = (r"hf:ORG/NAME runs: comma-separated regexes, each matching whole revision names (e.g. "
+                  r"'step1000,step2000' or 'step\d000'; default: every cached revision named stepN).")
+SOURCE_HELP = ("Token models' data: repeated (default), repeated:L, tokens:FILE.npy, text:FILE.txt, induction, "
+               "induction:L or contrast:FILE.npz|.jsonl.")
+
+
+def warn_identical(run, steps: list[int] | None = None) -> None:
+    """Warn once per group of checkpoints (among `steps`, default all) whose weight files are identical."""
+    from ..runs import identical_checkpoints
+
+    for line in identical_checkpoints(run, steps):
+        warn(line)
+
+
 def damaged_checkpoints(run) -> dict[int, str]:
     """Each checkpoint of a run whose file is damaged (its header does not read) -> the one-line error naming it;
     commands that can go on without the file warn with it."""

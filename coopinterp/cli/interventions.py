@@ -13,15 +13,14 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError
-from .common import app, comma_ints, comma_list, console, friendly
+from .common import SOURCE_HELP, app, comma_ints, comma_list, console, friendly
 
 RUN = typer.Argument(..., help="Run directory.")
 STEP = typer.Option(None, "--step", help="Checkpoint step (default: the newest).")
 N = typer.Option(512, "--n", help="Sequences per evaluator batch.")
 SEED = typer.Option(0, "--seed", help="Seed of the evaluation batches (and of resampling).")
 MODE = typer.Option("mean", "--mode", help="zero | mean | resample.")
-SOURCE = typer.Option(None, "--source", help="Token models' data: repeated (default), repeated:L, tokens:FILE.npy or "
-                      "text:FILE.txt.")
+SOURCE = typer.Option(None, "--source", help=SOURCE_HELP)
 PATTERN = typer.Option(None, "--pattern", help="Regex naming Hugging Face checkpoint folders.")
 
 

@@ -11,29 +11,30 @@ import typer
 from rich.markup import escape
 
 from ..errors import CheckpointError, CoopError
-from .common import app, check_out, choices, comma_list, console, damaged_checkpoints, friendly, warn
+from .common import REVISIONS_HELP, SOURCE_HELP, app, check_out, choices, comma_list, console, damaged_checkpoints, friendly, warn
 
 FORMATS = ("html", "png")
 ANALYSES_HELP = "Analyses to compute for a run (default: all but llc; llc rows are added where cached)."
-SOURCE = typer.Option(None, "--source", help="Token models' data: repeated (default), repeated:L, tokens:FILE.npy "
-                      "or text:FILE.txt.")
+SOURCE = typer.Option(None, "--source", help=SOURCE_HELP)
 PATTERN = typer.Option(None, "--pattern", help=r"Regex naming Hugging Face checkpoint folders, first group the step.")
+REVISIONS = typer.Option(None, "--revisions", help=REVISIONS_HELP)
 
 
 def load_source(source: Path, analyses: Optional[str], n: int, seed: int, progress: bool,
-                pattern: Optional[str] = None, data: Optional[str] = None) -> tuple:
+                pattern: Optional[str] = None, data: Optional[str] = None, revisions: Optional[str] = None) -> tuple:
     # returns (DataFrame, DataFrame | None, dict | None, str); pandas loads lazily
     """(table, logged metrics or None, run config or None, name) from a run directory or a table file.
 
     A run is analysed with `analyze` (cached per step under RUN/analysis/, so only new steps cost time); without
     --analyses, the opt-in analyses (llc) join with whatever of them is cached, and are not computed.
     """
+    from ..runs.hub import is_hub_spec
     from ..tables import read_table
 
-    if source.is_dir():
+    if source.is_dir() or is_hub_spec(source):
         from ..runs import open_run
 
-        run = open_run(source, pattern=pattern)
+        run = open_run(source, pattern=pattern, revisions=revisions)
         table = analyze_run(run, comma_list(analyses) if analyses else None, n, seed, progress, data)
         metrics = run.metrics if not run.metrics.empty else None
         config = run.info()["config"]
@@ -60,7 +61,7 @@ def analyze_run(run, names: Optional[list[str]], n: int, seed: int, progress: bo
     if damaged:
         tables.append(analyze(run, names, steps=list(damaged), n=n, seed=seed, progress=False, cached_only=True,
                               source=source))
-    opt_in = [name for name, a in registry().items() if a.applies(run.model_kinds) and a.opt_in_on(run.model_kinds)]
+    opt_in = [name for name, a in registry().items() if a.opt_in and a.applies(run.model_kinds)]
     if names is None and opt_in:
         tables.append(analyze(run, opt_in, n=n, seed=seed, progress=False, cached_only=True, source=source))
     table = concat(tables).sort_values("step", kind="stable", ignore_index=True)
@@ -100,6 +101,7 @@ def plot_cmd(
     progress: bool = typer.Option(True, help="Show the analysis progress bar."),
     data: Optional[str] = SOURCE,
     pattern: Optional[str] = PATTERN,
+    revisions: Optional[str] = REVISIONS,
 ) -> None:
     """Write every circuit-evolution figure the table supports as offline HTML and/or PNG."""
     from .. import plots
@@ -111,7 +113,7 @@ def plot_cmd(
     if not 0 < scale <= 8:
         raise CoopError(f"--scale must be in (0, 8], got {scale}")
     t0 = time.perf_counter()
-    table, metrics, _, name = load_source(source, analyses, n, seed, progress, pattern, data)
+    table, metrics, _, name = load_source(source, analyses, n, seed, progress, pattern, data, revisions)
     figs, skipped = plots.figures(table, metrics, x=x)
     if not figs:
         _report_skipped(skipped)
@@ -141,13 +143,14 @@ def report_cmd(
     progress: bool = typer.Option(True, help="Show the analysis progress bar."),
     data: Optional[str] = SOURCE,
     pattern: Optional[str] = PATTERN,
+    revisions: Optional[str] = REVISIONS,
 ) -> None:
     """One self-contained offline HTML page: the run's config and every figure (one plotly.js copy)."""
     from .. import plots
 
     check_out(out, (".html",))
     t0 = time.perf_counter()
-    table, metrics, config, name = load_source(source, analyses, n, seed, progress, pattern, data)
+    table, metrics, config, name = load_source(source, analyses, n, seed, progress, pattern, data, revisions)
     figs, skipped = plots.figures(table, metrics)
     try:
         plots.write_report(figs, out, f"coopinterp report: {name}", config, skipped)

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ..errors import CoopError
-from .common import app, check_device, check_out, console, damaged_checkpoints, fail, friendly, warn
+from .common import REVISIONS_HELP, app, check_device, check_out, console, damaged_checkpoints, fail, friendly, \
+    warn, warn_identical
 
 # the help names a few presets: listing the registry would import every task (torch) for `--help`; an unknown
 # preset is an error that lists them all
@@ -71,9 +72,11 @@ def train_cmd(
 @app.command("info")
 @friendly
 def info_cmd(
-    run_dir: Path = typer.Argument(..., help="Run directory, or a directory of Hugging Face checkpoint folders."),
+    run_dir: Path = typer.Argument(..., help="Run directory, a directory of Hugging Face checkpoint folders, or "
+                                   "hf:ORG/NAME (revisions in the local Hugging Face cache)."),
     pattern: Optional[str] = typer.Option(None, "--pattern", help=r"Regex naming checkpoint folders, first group "
                                           r"the step (e.g. 'ckpt_(\d+)')."),
+    revisions: Optional[str] = typer.Option(None, "--revisions", help=REVISIONS_HELP),
     check: bool = typer.Option(False, "--check", help="Also load every checkpoint into the model and check that "
                                                       "its weights are finite (slower; builds models)."),
 ) -> None:
@@ -81,16 +84,21 @@ def info_cmd(
     and final evaluator table; for a directory of Hugging Face checkpoints, its architecture and steps."""
     from ..checkpoints import list_checkpoints, read_run_config
     from ..runs import NativeRun, load_run
+    from ..runs.hub import is_hub_spec
 
+    if is_hub_spec(run_dir) or revisions is not None:
+        return _outside_info(run_dir, pattern, check, revisions)
     if not run_dir.is_dir():
         raise CoopError(f"run directory not found: {run_dir}")
     if not (run_dir / "run.json").exists():
         return _outside_info(run_dir, pattern, check)
     cfg = read_run_config(run_dir)
     steps = list_checkpoints(run_dir)
-    damaged = damaged_checkpoints(NativeRun(run_dir, cfg, steps))
+    native = NativeRun(run_dir, cfg, steps)
+    damaged = damaged_checkpoints(native)
     for error in damaged.values() if not check else ():  # --check fails on the first one instead
         warn(error)
+    warn_identical(native)
     console.print(f"[bold]{run_dir}[/]  ({cfg.name})")
     for section in ("task", "model", "train"):
         fields = ", ".join(f"{k}={v}" for k, v in cfg.to_dict()[section].items())
@@ -103,14 +111,16 @@ def info_cmd(
     _print_final_metrics(run_dir)
 
 
-def _outside_info(run_dir: Path, pattern: Optional[str], check: bool) -> None:
-    """A Hugging Face run: architecture, shape, checkpoint folders (damaged ones named); --check boots each."""
+def _outside_info(run_dir: Path, pattern: Optional[str], check: bool, revisions: Optional[str] = None) -> None:
+    """A Hugging Face run: architecture, shape, checkpoint folders (damaged ones named, identical ones warned of);
+    --check boots each."""
     from ..runs import open_run
 
-    run = open_run(run_dir, pattern=pattern)
+    run = open_run(run_dir, pattern=pattern, revisions=revisions)
     damaged = damaged_checkpoints(run)
     for error in damaged.values():
         warn(error)
+    warn_identical(run)
     shape = {k: run.config[k] for k in ("num_hidden_layers", "n_layer", "num_attention_heads", "n_head",
                                          "hidden_size", "n_embd", "vocab_size") if k in run.config}
     console.print(f"[bold]{run_dir}[/]  (Hugging Face checkpoints, {run.architecture})", highlight=False)

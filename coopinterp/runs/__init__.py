@@ -2,7 +2,9 @@
 
 - a coopinterp run directory (run.json, checkpoints/step_*.safetensors) of any built-in task (native.py);
 - a directory of Hugging Face checkpoints, one `save_pretrained` folder per step (`step1000/`, `checkpoint-1000/`,
-  or folders matching a `pattern`): any architecture transformer-lens's bridge boots (huggingface.py).
+  or folders matching a `pattern`): any architecture transformer-lens's bridge boots (huggingface.py);
+- `hf:ORG/NAME`: the revisions of a model that the local Hugging Face cache holds (`refs/step1000`), offline
+  (hub.py); `revisions` chooses among them.
 
 Every consumer (analyze, plots, the app, the interventions) reads a run only through the protocol, as transformer-lens's
 patching and head detector read any model through its model protocol. Runs never import analyses.
@@ -16,6 +18,8 @@ import pandas as pd
 
 from ..errors import CheckpointError
 from .huggingface import HuggingFaceRun, load_huggingface_run
+from .hub import is_hub_spec, load_hub_run
+from .identical import describe, identical_steps
 from .native import NativeRun, load_run
 
 
@@ -27,7 +31,7 @@ class Run(Protocol):
     steps: list[int]  # sorted steps with a checkpoint
     config: Any  # a RunConfig (native runs) or the first checkpoint's config.json (Hugging Face runs)
     device: str
-    pattern: str | None  # the regex its checkpoint folders were found with (None: fixed names)
+    pattern: str | None  # the regex its checkpoint folders were found with, an hf: run's revisions (None: fixed names)
     cache_size: int  # models kept loaded
 
     @property
@@ -57,8 +61,16 @@ class Run(Protocol):
         """`task` (one line) and `config` (a dict), as `coopinterp info` and the report show them."""
 
 
-def open_run(path: str | Path, device: str = "cpu", pattern: str | None = None) -> Run:
-    """The run at `path`; a missing, empty or damaged run is a one-line CheckpointError."""
+def open_run(path: str | Path, device: str = "cpu", pattern: str | None = None, revisions: str | None = None) -> Run:
+    """The run at `path` (a directory, or `hf:ORG/NAME` in the local Hugging Face cache, whose `revisions` may
+    also come as `pattern`, as the executors reopen runs); a missing, empty or damaged run is a one-line
+    CheckpointError."""
+    if is_hub_spec(path):
+        if pattern is not None and revisions is not None and pattern != revisions:
+            raise CheckpointError("--pattern names checkpoint folders; an hf: run takes --revisions")
+        return load_hub_run(str(path), device=device, revisions=revisions if revisions is not None else pattern)
+    if revisions is not None:
+        raise CheckpointError(f"--revisions chooses revisions of an hf:ORG/NAME run, not of the directory {path}")
     run_dir = Path(path)
     if not run_dir.exists():
         raise CheckpointError(f"run directory not found: {run_dir}")
@@ -69,4 +81,16 @@ def open_run(path: str | Path, device: str = "cpu", pattern: str | None = None) 
     return load_huggingface_run(run_dir, device=device, pattern=pattern)
 
 
-__all__ = ["HuggingFaceRun", "NativeRun", "Run", "load_run", "open_run"]
+def identical_checkpoints(run: Run, steps: list[int] | None = None) -> list[str]:
+    """One warning line per group of the run's steps (or of `steps`) whose weight files hold identical bytes (no
+    tensor is loaded)."""
+    files = {}
+    for step in run.steps if steps is None else [s for s in steps if s in run.steps]:
+        try:
+            files[step] = run.weights_file(step)
+        except CheckpointError:
+            continue  # a missing file is another command's error
+    return describe(identical_steps(files))
+
+
+__all__ = ["HuggingFaceRun", "NativeRun", "Run", "identical_checkpoints", "load_run", "open_run"]

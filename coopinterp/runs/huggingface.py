@@ -160,7 +160,7 @@ class HuggingFaceRun:
     folders: dict[int, Path]
     config: dict  # the first folder's config.json
     device: str = "cpu"
-    pattern: str | None = None  # the --pattern the folders were found with
+    pattern: str | None = None  # the --pattern the folders were found with (an hf: run: its --revisions)
     cache_size: int = 2
     _models: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
@@ -249,9 +249,13 @@ class HuggingFaceRun:
 
 
 def load_huggingface_run(run_dir: Path, device: str = "cpu", pattern: str | None = None) -> HuggingFaceRun:
-    """Open a directory of Hugging Face checkpoint folders: every folder has a config.json of one architecture and
-    shape, and safetensors weights (headers are checked when a checkpoint is used)."""
-    folders = step_folders(run_dir, pattern)
+    """Open a directory of Hugging Face checkpoint folders (`folder_run`)."""
+    return folder_run(run_dir, step_folders(run_dir, pattern), device, pattern)
+
+
+def folder_run(path: Path, folders: dict[int, Path], device: str = "cpu", pattern: str | None = None) -> HuggingFaceRun:
+    """A run of checkpoint folders by step: every folder has a config.json of one architecture and shape, and
+    safetensors weights (headers are checked when a checkpoint is used)."""
     configs = {step: read_config(folder) for step, folder in folders.items()}
     for folder in folders.values():
         weights_file(folder)
@@ -264,4 +268,4 @@ def load_huggingface_run(run_dir: Path, device: str = "cpu", pattern: str | None
                                   f"{folders[first_step].name} ({', '.join(diff[:4])})")
     if "vocab_size" not in first:
         raise CheckpointError(f"{folders[first_step] / 'config.json'} has no vocab_size: not a language model config")
-    return HuggingFaceRun(run_dir, folders, configs[first_step], device=device, pattern=pattern)
+    return HuggingFaceRun(path, folders, configs[first_step], device=device, pattern=pattern)
