@@ -118,6 +118,8 @@ def analyses_cmd() -> None:
         table.add_column(column)
     for name, record in registry().items():
         opts = "\n".join(f"{k}: {t} = {d}" for k, t, d in describe_options(record.options))
-        table.add_row(name + (" (opt-in)" if record.opt_in else ""), str(record.version), ", ".join(record.rows),
+        opt_in = "" if not record.opt_in else " (opt-in)" if record.opt_in is True else \
+            f" (opt-in on {', '.join(record.opt_in)})"
+        table.add_row(name + opt_in, str(record.version), ", ".join(record.rows),
                       record.summary, opts, ", ".join(dict.fromkeys(f.name for f in catalogue() if f.analysis == name)))
     console.print(table)

@@ -61,7 +61,7 @@ def analyze_run(run, names: Optional[list[str]], n: int, seed: int, progress: bo
     if damaged:
         tables.append(analyze(run, names, steps=list(damaged), n=n, seed=seed, progress=False, cached_only=True,
                               source=source))
-    opt_in = [name for name, a in registry().items() if a.opt_in and a.applies(run.model_kinds)]
+    opt_in = [name for name, a in registry().items() if a.applies(run.model_kinds) and a.opt_in_on(run.model_kinds)]
     if names is None and opt_in:
         tables.append(analyze(run, opt_in, n=n, seed=seed, progress=False, cached_only=True, source=source))
     table = concat(tables).sort_values("step", kind="stable", ignore_index=True)
