@@ -117,7 +117,7 @@ class Options:
     in one batched pass)."""
 
     method: Literal["auto", "exact", "attribution"] = "auto"  # auto: exact up to EXACT_HEADS heads, else attribution
-    top_k: int = 8  # attribution: the heads per evaluator and mode whose estimate is rechecked exactly
+    top_k: int = 8  # attribution: how many of an evaluator's (head, mode) estimates, the largest, are rechecked
 
 
 def token_method(options: Options, cfg: HeadGrid) -> str:
@@ -159,7 +159,7 @@ def attribution(zs: Zs, grads: Zs, mode: str) -> Float[Tensor, "layer head"]:
 @torch.no_grad()
 def token_rows(model: TokenModel, batches: dict[str, TokenBatch], options: Options = Options()) -> list[dict]:
     """Every head ablated alone, in every mode: next-token loss and its change from the clean loss, exactly, or
-    (attribution) every head's estimated change and the top_k heads by its size exactly."""
+    (attribution) every head's estimated change in every mode, and exactly the top_k (head, mode) pairs by its size."""
     heads = all_heads(model.cfg)
     names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
     method = token_method(options, model.cfg)
@@ -171,15 +171,16 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch], options: Optio
             zs = [zs[name] for name in names]
         else:
             zs, grads = z_grads(model, batch)
-            exact = {}
-            for mode in MODES:
-                estimate = attribution(zs, grads, mode)
-                top = estimate.flatten().abs().topk(min(options.top_k, len(heads))).indices.tolist()
-                exact[mode] = [heads[i] for i in top]
-                out += [{"evaluator": ev, "layer": layer, "head": head, "component": mode,
-                         "metric": "delta_loss_attribution", "value": value}
-                        for (layer, head), value in zip(heads, estimate.flatten().tolist())]
+            estimate = torch.stack([attribution(zs, grads, mode).flatten() for mode in MODES])  # mode head
+            top = estimate.flatten().abs().topk(min(options.top_k, estimate.numel())).indices
+            exact = {mode: [heads[i] for i in top[top // len(heads) == m].remainder(len(heads)).tolist()]
+                     for m, mode in enumerate(MODES)}
+            out += [{"evaluator": ev, "layer": layer, "head": head, "component": mode,
+                     "metric": "delta_loss_attribution", "value": value}
+                    for mode, values in zip(MODES, estimate.tolist()) for (layer, head), value in zip(heads, values)]
         for mode, chosen in exact.items():
+            if not chosen:
+                continue
             losses = ablated_token_loss(model, batch, [[h] for h in chosen], [replacement(z, mode) for z in zs])
             for (layer, head), value in zip(chosen, losses.tolist()):
                 base = {"evaluator": ev, "layer": layer, "head": head, "component": mode}
