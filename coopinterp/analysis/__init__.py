@@ -14,9 +14,15 @@ config, of the checkpoint's weights file, and the analysis's options if it has a
 that cannot be read, is recomputed and replaced; `recompute=True` ignores every cached file. A run directory that
 cannot be written is analysed without a cache (one warning). The cache: cache.py; where the checkpoints are computed
 (this process, spawned worker processes beside it, or Ray), one `Job` per checkpoint: executors.py.
+
+An analysis over the whole trajectory (`Analysis.across`, e.g. `trajectory`) has two parts: per checkpoint, an array
+(cached per step like a table, as .safetensors); then, here, once every step is in, `across` turns the arrays of
+the steps analysed into rows. Those rows are cached per set of steps (their key holds every step's key), so the
+same steps read them back and another `steps` recomputes them from the cached arrays.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -31,10 +37,10 @@ from rich.progress import (
 )
 
 from ..errors import ConfigError
-from ..tables import concat
+from ..tables import concat, table
 from ..task import eval_batches
 from ..threads import default_workers
-from .cache import Cache
+from .cache import Cache, Frame, StepArray, file_hash
 from .executors import Here, Job, choose, step_frames
 from .forwards import CleanRun, clean_run, shared_forwards
 from .record import Analysis
@@ -84,11 +90,11 @@ def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[in
             for step in steps]
     bar = Progress(TextColumn("[bold]analyze {task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), disable=not progress)
-    per_step: dict[int, list[pd.DataFrame]] = {}
+    per_step: dict[int, list[Frame]] = {}
     with bar, torch.no_grad():
         task = bar.add_task(run.name, total=len(steps))
 
-        def done(step: int, frames: list[pd.DataFrame]) -> None:
+        def done(step: int, frames: list[Frame]) -> None:
             per_step[step] = frames
             bar.advance(task)
 
@@ -107,10 +113,32 @@ def analyze(run, analyses: str | Sequence[str] | None = None, steps: Sequence[in
                     done(job.step, frames)
             jobs = todo
         choose(jobs, workers, ray, Here(run, cache)).run(jobs, done)
-    out = concat([df for step in steps for df in per_step[step]])
+    arrays = [f for step in steps for f in per_step[step] if isinstance(f, StepArray)]
+    out = concat([df for step in steps for df in per_step[step] if isinstance(df, pd.DataFrame)]
+                 + [_across(run, cache, name, arrays, per_analysis[name], recompute) for name in per_analysis
+                    if registry()[name].across is not None])
     out["run"] = run.name
     out.attrs = {}
     return out
+
+
+def _across(run, cache: Cache, name: str, arrays: list[StepArray], options: dict | None,
+            recompute: bool) -> pd.DataFrame:
+    """The run-level rows of an analysis over the trajectory from its arrays at the steps analysed, cached per set
+    of steps: the key holds each step's key (its checkpoint's hash), so other steps or other weights recompute."""
+    arrays = [a for a in arrays if a.analysis == name]
+    key = {**cache.key(name, cache.step_key_without_weights(), None), "options": json.dumps(options, sort_keys=True)}
+    key["steps"] = json.dumps({a.step: file_hash(run.weights_file(a.step)) if run.readable(a.step) else ""
+                               for a in arrays})
+    df = None if recompute else cache.get_run(name, key)
+    if df is None:
+        record = registry()[name]
+        values = {a.step: a.values for a in arrays}
+        rows = record.across(values) if record.options is None else record.across(values, record.options(**options))
+        df = table({**row, "run": run.name, "seqs_seen": run.seqs_seen(row["step"]), "analysis": name}
+                   for row in rows)
+        cache.put_run(name, key, df)
+    return df
 
 
 __all__ = ["Analysis", "Cache", "CleanRun", "Job", "analyze", "clean_run", "default_analyses", "eval_batches",

@@ -1,5 +1,9 @@
 """The analysis cache: one table per (step, analysis) under RUN/analysis/ (or a `cache_dir`), keyed so that a stale
-file is never served (the layout and the key: the package docstring, coopinterp/analysis/__init__.py)."""
+file is never served (the layout and the key: the package docstring, coopinterp/analysis/__init__.py).
+
+An analysis over the whole trajectory (`Analysis.across`) keeps one array per step instead (a `StepArray`, in a
+.safetensors file beside where its table would be, its key in the file's metadata), and one table of its run-level
+rows per set of steps it saw (`run.{digest}.parquet`: the digest hashes the key, which holds every step's key)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,12 +11,17 @@ import json
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from jaxtyping import Float
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
 
 from ..errors import CoopError
-from ..tables import read_table, write_table
+from ..tables import atomic_path, read_table, write_table
 from .record import Analysis
 from .registry import registry
 
@@ -30,6 +39,18 @@ def _caller_outside_this_package() -> int:
     while frame is not None and frame.f_code.co_filename.startswith(here):
         level, frame = level + 1, frame.f_back
     return level
+
+
+@dataclass(frozen=True)
+class StepArray:
+    """One checkpoint's part of an analysis over the whole trajectory: what its row function returned there."""
+
+    analysis: str
+    step: int
+    values: Float[Tensor, "n k"]
+
+
+Frame = pd.DataFrame | StepArray  # what one analysis gives at one checkpoint
 
 
 def file_hash(path: Path) -> str:
@@ -56,7 +77,13 @@ class Cache:
     def path(self, step: int, analysis: str, root: Path | None = None) -> Path:
         batches = "" if _draws_own_data(self.run, registry()[analysis]) else f".n{self.n}.seed{self.seed}"
         source = "" if self.source is None else f".{hashlib.sha256(self.source.encode()).hexdigest()[:8]}"
-        return (root or self.root) / analysis / f"step_{step:09d}{batches}{source}.parquet"
+        suffix = "safetensors" if registry()[analysis].across else "parquet"
+        return (root or self.root) / analysis / f"step_{step:09d}{batches}{source}.{suffix}"
+
+    def run_path(self, analysis: str, key: dict, root: Path | None = None) -> Path:
+        """Where the run-level rows of an analysis over the trajectory go, for the steps (and step keys) in `key`."""
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return (root or self.root) / analysis / f"run.{digest}.parquet"
 
     def step_key_without_weights(self) -> dict[str, str]:
         key = {"n": str(self.n), "seed": str(self.seed), "config": self.config_hash}
@@ -70,35 +97,74 @@ class Cache:
         key = {"analysis": analysis, "version": str(record.version), **step_key}
         if _draws_own_data(self.run, record):
             del key["n"], key["seed"]
+        per_step = getattr(record.options, "per_step", None) if record.across else None
+        if options is not None and per_step is not None:  # another smoothing width reuses every step's array
+            options = {name: options[name] for name in per_step}
         if options is not None:
             key["options"] = json.dumps(options, sort_keys=True)
         return key
 
-    def get(self, step: int, analysis: str, key: dict[str, str], ignore: tuple[str, ...] = ()) -> pd.DataFrame | None:
-        """The cached table whose key matches, apart from the entries named in `ignore` (e.g. "options")."""
+    def get(self, step: int, analysis: str, key: dict[str, str],
+            ignore: tuple[str, ...] = ()) -> pd.DataFrame | StepArray | None:
+        """The cached table (or step array) whose key matches, apart from the entries named in `ignore` (e.g.
+        "options")."""
         key = {k: v for k, v in key.items() if k not in ignore}
         for root in self.roots:
             path = self.path(step, analysis, root)
-            if not path.is_file():
-                continue
-            try:
-                df = read_table(path)
-            except CoopError:
-                continue
-            found = {k: v for k, v in df.attrs.get("cache_key", {}).items() if k not in ignore}
-            if found == key:
-                df["run"] = self.run.name  # the run may have been renamed or copied since
-                return df
+            found = _read_array(path, analysis, step) if path.suffix == ".safetensors" else self._read(path)
+            if found is not None and {k: v for k, v in found[1].items() if k not in ignore} == key:
+                return found[0]
         return None
 
-    def put(self, step: int, analysis: str, key: dict[str, str], df: pd.DataFrame) -> None:
+    def get_run(self, analysis: str, key: dict) -> pd.DataFrame | None:
+        """The cached run-level rows of an analysis over the trajectory, for exactly the steps in `key`."""
+        for root in self.roots:
+            found = self._read(self.run_path(analysis, key, root))
+            if found is not None and found[1] == key:
+                return found[0]
+        return None
+
+    def _read(self, path: Path) -> tuple[pd.DataFrame, dict] | None:
+        if not path.is_file():
+            return None
+        try:
+            df = read_table(path)
+        except CoopError:
+            return None
+        df["run"] = self.run.name  # the run may have been renamed or copied since
+        return df, df.attrs.get("cache_key", {})
+
+    def put(self, step: int, analysis: str, key: dict[str, str], found: pd.DataFrame | StepArray) -> None:
+        self._write(self.path(step, analysis), key, found)
+
+    def put_run(self, analysis: str, key: dict, df: pd.DataFrame) -> None:
+        self._write(self.run_path(analysis, key), key, df)
+
+    def _write(self, path: Path, key: dict, found: pd.DataFrame | StepArray) -> None:
         if not self.writable:
             return
-        df = df.copy()
-        df.attrs["cache_key"] = key
         try:
-            write_table(df, self.path(step, analysis))
+            if isinstance(found, StepArray):
+                with atomic_path(path) as tmp:
+                    save_file({"values": found.values.contiguous()}, str(tmp),
+                              metadata={"cache_key": json.dumps(key, sort_keys=True)})
+            else:
+                df = found.copy()
+                df.attrs["cache_key"] = key
+                write_table(df, path)
         except OSError as e:
             self.writable = False
             warnings.warn(f"cannot write the analysis cache under {self.root} ({e}); continuing without caching",
                           stacklevel=_caller_outside_this_package())
+
+
+def _read_array(path: Path, analysis: str, step: int) -> tuple[StepArray, dict] | None:
+    """A cached step array and its key (None: no file, or one that cannot be read)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            key = json.loads((f.metadata() or {}).get("cache_key", "{}"))
+            return StepArray(analysis, step, f.get_tensor("values")), key
+    except Exception:  # safetensors raises several types for a truncated or foreign file
+        return None

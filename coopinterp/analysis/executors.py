@@ -28,11 +28,11 @@ import pandas as pd
 import torch
 
 from ..tables import table
-from .cache import Cache
+from .cache import Cache, Frame, StepArray
 from .forwards import shared_forwards
 from .registry import registry
 
-Done = Callable[[int, list[pd.DataFrame]], None]  # done(step, frames): one checkpoint's tables, as it finishes
+Done = Callable[[int, list[Frame]], None]  # done(step, frames): one checkpoint's tables (or arrays), as it finishes
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,18 @@ class Job:
 
 # --- one checkpoint ----------------------------------------------------------------------------------------------
 
-def compute(run, step: int, analysis: str, batches: dict, options: dict | None) -> pd.DataFrame:
-    """One analysis's table at one checkpoint (no cache)."""
-    rows = registry()[analysis].compute(run.model(step), batches, options)
+def compute(run, step: int, analysis: str, batches: dict, options: dict | None) -> pd.DataFrame | StepArray:
+    """One analysis's table at one checkpoint (no cache); an analysis over the trajectory: its array there."""
+    record = registry()[analysis]
+    rows = record.compute(run.model(step), batches, options)
+    if record.across is not None:
+        return StepArray(analysis, step, rows)
     fixed = {"run": run.name, "step": step, "seqs_seen": run.seqs_seen(step), "analysis": analysis}
     return table({**row, **fixed} for row in rows)
 
 
 def step_frames(run, job: Job, cache: Cache, batches: dict | None = None, cached_only: bool = False,
-                exact: bool = False) -> tuple[list[pd.DataFrame], dict | None]:
+                exact: bool = False) -> tuple[list[Frame], dict | None]:
     """One checkpoint's tables (cached ones reused; with `cached_only` only those, whatever their options unless
     `exact`, and for a damaged checkpoint file those computed before the damage), and the evaluation batches if
     they had to be drawn (or were given)."""
@@ -93,7 +96,7 @@ class Here:
         self.run, self.cache = run, cache
         self._batches: dict[tuple, dict] = {}
 
-    def __call__(self, job: Job) -> list[pd.DataFrame]:
+    def __call__(self, job: Job) -> list[Frame]:
         drawn = (job.source, job.n, job.seed)
         with torch.no_grad():
             frames, batches = step_frames(self.run, job, self.cache, self._batches.get(drawn))
@@ -105,7 +108,7 @@ class Here:
 _opened: dict[tuple, object] = {}  # a worker process's opened runs, reused by its later checkpoints
 
 
-def run_job(job: Job) -> list[pd.DataFrame]:
+def run_job(job: Job) -> list[Frame]:
     """A job in a worker process (a spawned one or a Ray task): it opens the run itself, once per process, and
     computes under the thread policy (threads.py)."""
     from ..runs import open_run
@@ -132,7 +135,7 @@ class Executor(Protocol):
 class Serial:
     """Every job in this process, one after another."""
 
-    def __init__(self, here: Callable[[Job], list[pd.DataFrame]]):
+    def __init__(self, here: Callable[[Job], list[Frame]]):
         self.here = here
 
     def run(self, jobs: Sequence[Job], done: Done) -> None:
@@ -193,7 +196,7 @@ class Pool:
     does (threads.py), and gets its own thread count back after.
     """
 
-    def __init__(self, workers: int, here: Callable[[Job], list[pd.DataFrame]]):
+    def __init__(self, workers: int, here: Callable[[Job], list[Frame]]):
         if workers < 2:
             raise ValueError(f"a pool computes beside this process: workers must be >= 2, got {workers}")
         self.workers, self.here = workers, here
@@ -252,7 +255,7 @@ class RayCluster:
                 done(refs.pop(finished), session.get(finished))
 
 
-def choose(jobs: Sequence[Job], workers: int, ray: str | None, here: Callable[[Job], list[pd.DataFrame]]) \
+def choose(jobs: Sequence[Job], workers: int, ray: str | None, here: Callable[[Job], list[Frame]]) \
         -> Executor:
     """Ray if asked (and there is something to compute); else this process alone with one worker or fewer than two
     checkpoints per worker (a worker costs seconds to start: its imports); else a pool beside this process."""

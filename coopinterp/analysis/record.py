@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import pandas as pd
+from torch import Tensor
 
 from ..errors import ConfigError
 
@@ -42,6 +43,10 @@ class Analysis:
     # kinds of model on which it draws its own batches: there the evaluation batches' n and seed are not in its key
     own_data: tuple[ModelKind, ...] = ()
     headline: Callable[[pd.DataFrame], str] | None = None  # its rows at one step -> a short summary
+    # An analysis over the whole trajectory: its row functions return one array per checkpoint (kept in the cache
+    # beside the tables; keyed by only the options its options class names in `per_step`, if it names them), and
+    # `across(arrays by step[, options])` turns the arrays of every step analysed into rows (each with its "step").
+    across: Callable[..., list[dict]] | None = None
 
     def kind_for(self, model_kinds: tuple[ModelKind, ...]) -> ModelKind | None:
         """The first of a model's kinds this analysis has rows for (None: it does not apply)."""
@@ -66,7 +71,7 @@ class Analysis:
             return None
         return dataclasses.asdict(parse_options(self.options, given or {}, self.name))
 
-    def compute(self, model, batches: dict, options: dict[str, Any] | None) -> list[dict]:
+    def compute(self, model, batches: dict, options: dict[str, Any] | None) -> list[dict] | Tensor:
         rows = self.rows[self.kind_for(model.model_kinds)]
         if self.options is None:
             return rows(model, batches)

@@ -11,14 +11,16 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..tables import concat
 from .figure import Figure, TableKind, View
-from .marks import phases
+from .marks import phases, stages
 from .rows import MissingAnalysis, check_x
 from .style import EVALUATOR_COLORS
 from .tokens import is_token_table
 
 # The order figures appear in a report: by the analysis they draw, these first, the others after them by name.
-ANALYSIS_ORDER = ("behavior", "attention", "ablation", "composition", "path_patching", "llc", "strategy")
+ANALYSIS_ORDER = ("behavior", "attention", "ablation", "composition", "path_patching", "llc", "strategy",
+                  "trajectory")
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,19 +37,23 @@ def table_kind(table: pd.DataFrame) -> TableKind:
     """A token model's table, the exemplar task's (its evaluators), or another task's."""
     if is_token_table(table):
         return "tokens"
-    return "exemplar" if table.evaluator.astype(str).str.split("/").str[0].isin(EVALUATOR_COLORS).any() else "other"
+    evaluators = table.evaluator.dropna().astype(str)  # (a table of NA evaluators alone has no .str to split)
+    return "exemplar" if evaluators.str.split("/").str[0].isin(EVALUATOR_COLORS).any() else "other"
 
 
 def view(table: pd.DataFrame, metrics: pd.DataFrame | None, x: str, kind: TableKind) -> View:
     """What the figures read. A token table with several sources (a Markov run's markov_id and markov_ood) shows its
     first in the per-head figures (`full` keeps all); an exemplar table's phase marks come from its behavior rows,
-    or the finer-grained metrics.parquet when given."""
+    or the finer-grained metrics.parquet when given; every table's stage marks from its trajectory rows, which the
+    behavior rows carry along so that figures that find their marks there draw them too."""
     if kind == "tokens":
         sources = table.evaluator[table.analysis == "behavior"].dropna().unique()
         shown = table[table.evaluator.isna() | (table.evaluator == sources[0])] if len(sources) > 1 else table
-        return View(shown, table, table, [], x)
+        return View(shown, table, table, stages(table), x)
     behavior = metrics if metrics is not None and (metrics.analysis == "behavior").any() else table
-    return View(table, table, behavior, phases(behavior) if kind == "exemplar" else [], x)
+    if behavior is not table:
+        behavior = concat([behavior, table[table.analysis == "trajectory"]])
+    return View(table, table, behavior, phases(behavior) if kind == "exemplar" else stages(table), x)
 
 
 def figures(table: pd.DataFrame, metrics: pd.DataFrame | None = None,

@@ -1,5 +1,6 @@
-"""Phase marks: where ICL accuracy peaks and where CIWL accuracy overtakes it, found from the behavior rows, drawn
-as dotted vertical lines on every subplot with labels that never cover the data."""
+"""Marks on the step axis, drawn as vertical lines on every subplot with labels that never cover the data: the
+exemplar task's phases (where ICL accuracy peaks and where CIWL accuracy overtakes it, from the behavior rows;
+dotted) and the stage boundaries the `trajectory` analysis reads from any run's outputs (dashed, "stage")."""
 from __future__ import annotations
 
 import math
@@ -28,14 +29,28 @@ class Phase:
     step: int
     seqs_seen: int
     label: str
+    dash: str = "dot"  # the line's plotly dash style: dotted phases, dashed stages
+
+
+def stages(table: pd.DataFrame) -> list[Phase]:
+    """A dashed "stage" mark at every step the `trajectory` analysis flags as a stage boundary (none without its
+    rows)."""
+    rows = table[(table.analysis == "trajectory") & (table.metric == "boundary") & (table.value > 0)]
+    return [Phase("stage", int(step), int(seqs), "stage", "dash") for step, seqs in zip(rows.step, rows.seqs_seen)]
 
 
 def phases(table: pd.DataFrame) -> list[Phase]:
-    """The ICL peak and the first step after it where CIWL accuracy exceeds ICL accuracy (`phases.find_phases`).
+    """The ICL peak and the first step after it where CIWL accuracy exceeds ICL accuracy (`phases.find_phases`),
+    then the table's stage boundaries (`stages`).
 
-    Curves with at least 50 logged steps are smoothed over 5; no marks when ICL never emerged or the table has no
-    icl/ciwl/flip accuracy.
+    Curves with at least 50 logged steps are smoothed over 5; no phase marks when ICL never emerged or the table has
+    no icl/ciwl/flip accuracy.
     """
+    return icl_phases(table) + stages(table)
+
+
+def icl_phases(table: pd.DataFrame) -> list[Phase]:
+    """The ICL peak and where CIWL overtakes it (`phases`)."""
     rows = table[(table.analysis == "behavior") & (table.metric == "acc")]
     if rows.empty:
         return []
@@ -54,7 +69,8 @@ def phases(table: pd.DataFrame) -> list[Phase]:
 
 def mark_phases(fig: go.Figure, marks: Sequence[Phase], x: str = "step",
                 index: Callable[[float], float] | None = None) -> go.Figure:
-    """A dotted vertical line per phase on every subplot, labelled once in each top-row subplot.
+    """A vertical line per mark (dotted or dashed: `Phase.dash`) on every subplot, labelled once in each top-row
+    subplot.
 
     On a log x axis (`index` None) plotly places shapes by value but annotations by log10(value); `index` maps a
     step to the value on a linear x axis instead (a heatmap's fractional column, or the step itself). A label goes
@@ -78,9 +94,9 @@ def mark_phases(fig: go.Figure, marks: Sequence[Phase], x: str = "step",
     axes = subplot_axes(fig)
     top = max(domain(fig, ya)[1] for _, ya in axes)
     for xa, ya in axes:
-        for _, line_x, _ in placed:
+        for mark, line_x, _ in placed:
             fig.add_shape(type="line", x0=line_x, x1=line_x, y0=0, y1=1, xref=xa, yref=f"{ya} domain",
-                          line=dict(color="grey", dash="dot", width=1.5))
+                          line=dict(color="grey", dash=mark.dash, width=1.5))
         if domain(fig, ya)[1] < top:
             continue
         width, height = subplot_pixels(fig, xa, ya)

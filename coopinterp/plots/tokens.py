@@ -68,7 +68,7 @@ def token_path_patching_figure(table: pd.DataFrame, marks: Sequence[Phase] = ())
 
 
 FIGURES = [
-    Figure("token_loss", "behavior", lambda v: token_loss_figure(v.table, x=v.x), ("tokens",)),
-    Figure("ablation_heatmap", "ablation", lambda v: token_ablation_heatmap(v.table), ("tokens",)),
-    Figure("path_patching", "path_patching", lambda v: token_path_patching_figure(v.table), ("tokens",)),
+    Figure("token_loss", "behavior", lambda v: token_loss_figure(v.table, x=v.x, marks=v.marks), ("tokens",)),
+    Figure("ablation_heatmap", "ablation", lambda v: token_ablation_heatmap(v.table, v.marks), ("tokens",)),
+    Figure("path_patching", "path_patching", lambda v: token_path_patching_figure(v.table, v.marks), ("tokens",)),
 ]
