@@ -208,6 +208,18 @@ def test_random_baseline_is_one_over_sqrt_d_model():
         assert composition.random_baseline(32, 8, mode) == pytest.approx(32 ** -0.5, rel=0.03)
 
 
+def test_factored_score_equals_transformer_lens_composition_scores():
+    """The baseline's score, computed through r x r matrices, is TL's score of the full products."""
+    from transformer_lens import FactoredMatrix
+    from transformer_lens.utilities import composition_scores
+
+    g = torch.Generator().manual_seed(0)
+    a, b, c, d = (torch.randn(shape, generator=g) for shape in [(5, 24, 4), (5, 4, 24), (5, 24, 4), (5, 4, 24)])
+    b[0] = a[0].T  # a low-rank, non-random pair too
+    expected = composition_scores(FactoredMatrix(a, b), FactoredMatrix(c, d), broadcast_dims=False)
+    torch.testing.assert_close(composition.factored_score(a, b, c, d), expected, rtol=1e-5, atol=1e-6)
+
+
 # --- analyze() and its cache -----------------------------------------------------------------------------
 
 def _counting(monkeypatch) -> list:
