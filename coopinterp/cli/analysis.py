@@ -20,8 +20,8 @@ def analyze_cmd(
                                    "folders (step1000/, checkpoint-1000/, or --pattern), or hf:ORG/NAME (revisions "
                                    "in the local Hugging Face cache)."),
     analyses: Optional[str] = typer.Option(None, "--analyses", help="Comma-separated analyses (default: every one "
-                                           "for the run's kind of model but the opt-in llc; see `coopinterp "
-                                           "analyses`)."),
+                                           "for the run's kind of model but the opt-in ones, which `coopinterp "
+                                           "analyses` marks)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated checkpoint steps (default: all)."),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation batches."),
