@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
 import re
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -21,6 +20,7 @@ from .cluster import ray_session
 from .config import RunConfig, read_json
 from .errors import CheckpointError, ConfigError, CoopError
 from .runs import load_run
+from .spawning import spawn_context
 from .tasks import preset
 
 SPEC_KEYS = ("base", "grid", "set")
@@ -136,7 +136,7 @@ def _local(jobs: list[tuple[str, RunConfig, Path]], workers: int, device: str | 
         for name, cfg, path in jobs:
             report(run_one(cfg.to_dict(), str(path), device))
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=spawn_context()) as pool:
         pending = {pool.submit(run_one, cfg.to_dict(), str(path), device): name for name, cfg, path in jobs}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import coopinterp as ci
+from coopinterp import spawning
 from coopinterp.analysis import Cache, Job, executors, registry
 from coopinterp.tables import concat
 
@@ -70,11 +71,11 @@ def test_choose_keeps_analyzes_rules(run_copy, tmp_path):
 
 def test_the_main_module_is_hidden_only_while_a_worker_starts():
     main = sys.modules["__main__"]
-    with executors._main_hidden():
+    with spawning._main_hidden():
         hidden = sys.modules["__main__"]
         assert hidden is not main and hidden.__spec__ is None and not hasattr(hidden, "__file__")
     assert sys.modules["__main__"] is main
-    assert executors.spawn_context().get_start_method() == "spawn"
+    assert spawning.spawn_context().get_start_method() == "spawn"
 
 
 # The body runs at import, with no `if __name__ == "__main__":`; it says each time it runs.

@@ -4,6 +4,7 @@ import sys
 import pytest
 
 import coopinterp as ci
+from coopinterp import spawning, sweep
 from coopinterp.sweep import expand, run_sweep
 
 SPEC = {"base": "tiny", "grid": {"task.eps": [0.3, 0.5], "train.seed": [0, 1], "train.forgetting": ["none", "active"]},
@@ -60,6 +61,21 @@ def test_pool_sweep_reports_failures_and_skips_finished(tmp_path):
     again = run_sweep(spec, tmp_path, workers=1, device="cpu")
     assert [r.status for r in again] == ["skipped", "skipped", "failed"]
     assert [r.icl for r in again[:2]] == [r.icl for r in results[:2]]
+
+
+def test_sweep_workers_start_without_the_callers_main(tmp_path, monkeypatch):
+    """The sweep's pool starts its workers as analyze()'s does (spawning.py), so a plain script without
+    `if __name__ == "__main__":` is not run again in every worker."""
+    started = []
+
+    def pool(workers, mp_context):
+        started.append(mp_context)
+        raise RuntimeError("pool recorded")
+
+    monkeypatch.setattr(sweep, "ProcessPoolExecutor", pool)
+    with pytest.raises(RuntimeError, match="pool recorded"):
+        run_sweep(_short({"train.seed": [0, 1]}), tmp_path, workers=2, device="cpu")
+    assert type(started[0]) is type(spawning.spawn_context())
 
 
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):

@@ -13,20 +13,16 @@ its path (once per process) and reads or fills the same cache. Every executor ha
 """
 from __future__ import annotations
 
-import multiprocessing.context
-import sys
-import threading
-import types
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import pandas as pd
 import torch
 
+from ..spawning import spawn_context
 from ..tables import table
 from .cache import Cache, Frame, StepArray
 from .forwards import shared_forwards
@@ -141,51 +137,6 @@ class Serial:
     def run(self, jobs: Sequence[Job], done: Done) -> None:
         for job in jobs:
             done(job.step, self.here(job))
-
-
-# Spawned workers must not import the caller's __main__. The spawn start method runs the parent's main script
-# (or module) again in every child, as `__mp_main__`, so that functions pickled from __main__ resolve there: a
-# plain script that calls analyze() without `if __name__ == "__main__":` then calls analyze() again in each
-# worker, which either computes the whole analysis a second time or, with enough checkpoints left to compute,
-# starts a pool of its own while bootstrapping, and dies (the parent's pool: BrokenProcessPool). Nothing a worker
-# receives lives in __main__ (its jobs are `Job`s and `run_job`, both in this package), so the pool's processes
-# are started while sys.modules["__main__"] is a fresh empty module (no __file__, no __spec__): the parent reads it
-# when it starts a child (multiprocessing.spawn.get_preparation_data, at Popen), and a child told of no main
-# imports none. Guarded scripts, unguarded ones, `python -m` modules and notebooks all work the same. The swap
-# lasts only while a child is launched, under a lock, so concurrent pools in other threads restore it in order.
-_main_swap = threading.Lock()
-
-
-@contextmanager
-def _main_hidden() -> Iterator[None]:
-    with _main_swap:
-        main = sys.modules.get("__main__")
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            yield
-        finally:
-            if main is None:
-                del sys.modules["__main__"]
-            else:
-                sys.modules["__main__"] = main
-
-
-class _MainlessSpawnProcess(multiprocessing.context.SpawnProcess):
-    @staticmethod
-    def _Popen(process_obj):
-        with _main_hidden():
-            return multiprocessing.context.SpawnProcess._Popen(process_obj)
-
-
-class _MainlessSpawnContext(multiprocessing.context.SpawnContext):
-    """The spawn start method, whose children do not import the parent's __main__ (the comment above)."""
-
-    Process = _MainlessSpawnProcess
-
-
-def spawn_context() -> multiprocessing.context.BaseContext:
-    """spawn, not fork: a forked child of a process that has run OpenMP code can hang; without the main module."""
-    return _MainlessSpawnContext()
 
 
 class Pool:

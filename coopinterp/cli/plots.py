@@ -181,7 +181,8 @@ def check_port(host: str, port: int) -> None:
 @app.command("app")
 @friendly
 def app_cmd(
-    run_dir: Path = typer.Argument(..., help="Run directory (any task's, or Hugging Face checkpoint folders)."),
+    run_dir: Path = typer.Argument(..., help="Run directory (any task's, or Hugging Face checkpoint folders), "
+                                   "or hf:ORG/NAME (revisions in the local Hugging Face cache)."),
     port: int = typer.Option(8050, "--port", help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
     n: int = typer.Option(512, "--n", help="Sequences per evaluator batch (as analyze and ablate)."),
@@ -190,6 +191,7 @@ def app_cmd(
     heads: Optional[str] = typer.Option(None, "--heads", help="Heads ticked at start, e.g. 0.3,1.5."),
     source: Optional[str] = SOURCE,
     pattern: Optional[str] = PATTERN,
+    revisions: Optional[str] = REVISIONS,
 ) -> None:
     """Interactive head-ablation explorer in the browser (Dash): step slider, head grid, live scores per batch, one
     head's attention on one sequence."""
@@ -202,7 +204,7 @@ def app_cmd(
     if n < 2:
         raise CoopError(f"--n must be >= 2, got {n}")
     check_port(host, port)
-    run = open_run(run_dir, pattern=pattern)
+    run = open_run(run_dir, pattern=pattern, revisions=revisions)
     scorer_for(run)
     run.source_key(source)
     if step is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from ..config import RunConfig, check
-from . import exemplar, markov, parity
+from . import exemplar, linreg, markov, parity
 
 
 @runtime_checkable
@@ -42,7 +42,7 @@ class Task(Protocol):
         """One short line of logged metrics (mean over seeds) for the training progress bar and its summary."""
 
 
-TASKS: dict[str, Task] = {task.kind: task for task in (exemplar.TASK, markov.TASK, parity.TASK)}
+TASKS: dict[str, Task] = {task.kind: task for task in (exemplar.TASK, linreg.TASK, markov.TASK, parity.TASK)}
 PRESETS: dict[str, RunConfig] = {name: config for task in TASKS.values() for name, config in task.presets.items()}
 
 

@@ -1,0 +1,435 @@
+"""The edge graph of a token model, and the forwards that score and patch its edges (the `edges` and `circuit`
+analyses).
+
+Nodes: the input (the stream entering block 0: token and position embeddings), every head's output
+(`attn.hook_result`), every MLP's output (`hook_mlp_out`; attention-only models have none) and the logits. The
+residual stream a reader sees is the sum of the outputs of every node before it (plus constant biases), so an edge
+sender -> receiver is one term of that sum at one receiver input: a head's query, key or value input (the bridge's
+per-head fork `hook_{q,k,v}_input`, one per key/value group where the model groups them), an MLP's input
+(`hook_mlp_in`) or the logits' input (`ln_final.hook_in`). Each input is read before its LayerNorm, which is
+recomputed. An MLP that runs beside its layer's attention (GPT-NeoX's parallel residual) reads only earlier layers.
+
+A circuit is a set of edges; evaluating it, every edge outside it carries the sender's output on the corrupted
+prompt instead of its output in the running forward (one forward: each receiver input minus the missing edges'
+current-minus-corrupted outputs). The full graph gives the clean metric and the empty one the corrupted metric.
+
+Scores estimate, for each edge alone, metric(edge corrupted) - metric(clean): EAP takes the gradient of the metric
+at the receiver's input on the clean prompt times the sender's corrupted-minus-clean output; EAP-IG averages that
+gradient over `steps` inputs on the straight line from the corrupted to the clean embeddings (midpoints); `exact`
+runs the patched forward for each edge.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Iterator, Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from ..contrast import ContrastBatch, contrasts, prob_diff
+from ..errors import ConfigError
+from ..token_model import TokenModel
+from .forwards import stopped_at
+
+Method = Literal["eap_ig", "eap", "exact"]
+Metric = Literal["logit_diff", "prob_diff"]
+COMPONENTS = ("q", "k", "v", "mlp", "logits")
+ELEMENTS_PER_CALL = 1 << 26  # floats of one forward's per-sender buffer [sender, prompts, pos, d_model] (256 MB)
+FLAGS = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """One receiver input: `component` of head (or key/value group) `head` of `layer`; the logits sit at layer
+    n_layers."""
+
+    layer: int
+    head: int | None
+    component: str
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The nodes and edges of a model of this shape. Senders are ordered as the forward computes them: the input,
+    then per layer its heads and its MLP; an edge exists when the sender comes before the receiver reads."""
+
+    n_layers: int
+    n_heads: int
+    n_kv: int  # key/value heads (groups), n_heads without grouped-query attention
+    mlp: bool
+    parallel: bool  # each MLP reads its block's input, beside the attention (GPT-NeoX, GPT-J)
+
+    @classmethod
+    def of(cls, model: TokenModel) -> "Graph":
+        cfg = model.bridge.cfg
+        return cls(cfg.n_layers, cfg.n_heads, getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
+                   not getattr(cfg, "attn_only", False), bool(getattr(cfg, "parallel_attn_mlp", False)))
+
+    @property
+    def per_layer(self) -> int:
+        return self.n_heads + self.mlp
+
+    @cached_property
+    def senders(self) -> list[tuple[int, int | None]]:
+        """(src_layer, src_head) of every sender: (-1, None) the input, (layer, None) an MLP."""
+        out: list[tuple[int, int | None]] = [(-1, None)]
+        for layer in range(self.n_layers):
+            out += [(layer, h) for h in range(self.n_heads)] + ([(layer, None)] if self.mlp else [])
+        return out
+
+    def sender_index(self, layer: int, head: int | None) -> int:
+        return 0 if layer < 0 else 1 + layer * self.per_layer + (self.n_heads if head is None else head)
+
+    @cached_property
+    def receivers(self) -> list[Receiver]:
+        out = []
+        for layer in range(self.n_layers):
+            for component, heads in (("q", self.n_heads), ("k", self.n_kv), ("v", self.n_kv)):
+                out += [Receiver(layer, h, component) for h in range(heads)]
+            out += [Receiver(layer, None, "mlp")] if self.mlp else []
+        return out + [Receiver(self.n_layers, None, "logits")]
+
+    @cached_property
+    def columns(self) -> dict[tuple[int, str], slice]:
+        """(layer, component) -> its receivers' columns."""
+        out, start = {}, 0
+        for r in self.receivers:
+            key = (r.layer, r.component)
+            out[key] = slice(out[key].start if key in out else start, start + 1)
+            start += 1
+        return out
+
+    def n_before(self, layer: int, component: str) -> int:
+        """How many senders (the first ones) an input of this component at this layer reads."""
+        if component == "logits":
+            return len(self.senders)
+        own_heads = component == "mlp" and not self.parallel
+        return 1 + layer * self.per_layer + (self.n_heads if own_heads else 0)
+
+    @cached_property
+    def valid(self) -> Bool[Tensor, "sender receiver"]:
+        before = torch.tensor([self.n_before(r.layer, r.component) for r in self.receivers])
+        return torch.arange(len(self.senders))[:, None] < before[None, :]
+
+    @cached_property
+    def edges(self) -> Int[Tensor, "edge 2"]:
+        """(sender, receiver) of every edge, receiver-major."""
+        return self.valid.T.nonzero()[:, [1, 0]]
+
+    def receiver_node(self, r: Receiver) -> list[int | str]:
+        """The node(s) a receiver input belongs to: a head (every head of a key/value group), an MLP, the logits."""
+        if r.component == "logits":
+            return ["logits"]
+        if r.component == "mlp":
+            return [self.sender_index(r.layer, None)]
+        group = self.n_heads // self.n_kv if r.component in "kv" else 1
+        return [self.sender_index(r.layer, h) for h in range(r.head * group, (r.head + 1) * group)]
+
+    def ports(self, node: int | str) -> list[int]:
+        """The receiver columns of a node (what it reads)."""
+        if node == "logits":
+            return [len(self.receivers) - 1]
+        layer, head = self.senders[node]
+        if layer < 0:
+            return []
+        if head is None:
+            return [self.columns[(layer, "mlp")].start]
+        group = self.n_heads // self.n_kv
+        return [self.columns[(layer, "q")].start + head] + \
+            [self.columns[(layer, c)].start + head // group for c in ("k", "v")]
+
+    def node_name(self, node: int | str) -> str:
+        if node == "logits":
+            return "logits"
+        layer, head = self.senders[node]
+        return "input" if layer < 0 else f"mlp{layer}" if head is None else f"{layer}.{head}"
+
+
+def sender_hook(graph: Graph, index: int) -> str:
+    layer, head = graph.senders[index]
+    return ("blocks.0.hook_resid_pre" if layer < 0 else f"blocks.{layer}.hook_mlp_out" if head is None
+            else f"blocks.{layer}.attn.hook_result")
+
+
+def receiver_hook(layer: int, component: str) -> str:
+    return "ln_final.hook_in" if component == "logits" else \
+        f"blocks.{layer}.hook_mlp_in" if component == "mlp" else f"blocks.{layer}.attn.hook_{component}_input"
+
+
+@contextmanager
+def split_forward(model: TokenModel) -> Iterator[None]:
+    """Inside the block the bridge exposes every node: each head's output, per-head q/k/v inputs read before
+    LayerNorm, the MLPs' inputs (its flags restored after)."""
+    bridge = model.bridge
+    saved = {flag: bool(getattr(bridge.cfg, flag, False)) for flag in FLAGS}
+    try:
+        bridge.set_use_attn_result(True)
+        bridge.set_use_split_qkv_input(True)
+        bridge.set_use_hook_mlp_in(True)
+        yield
+    finally:
+        bridge.set_use_split_qkv_input(saved["use_split_qkv_input"])
+        bridge.set_use_attn_result(saved["use_attn_result"])
+        bridge.set_use_hook_mlp_in(saved["use_hook_mlp_in"])
+
+
+def metric_values(model: TokenModel, hidden: Float[Tensor, "n pos d_model"], pairs: ContrastBatch,
+                  metric: Metric) -> Float[Tensor, " n"]:
+    """The metric of each pair from the unembedding's input: a logit difference reads two columns of W_U, a
+    probability difference unembeds only each pair's position."""
+    rows = torch.arange(len(pairs), device=hidden.device)
+    at = hidden[rows, pairs.position]
+    W_U, b_U = model.bridge.W_U, model.bridge.b_U
+    if metric == "prob_diff":
+        return prob_diff(at @ W_U + b_U, pairs)
+    direction = W_U[:, pairs.answer] - W_U[:, pairs.wrong]  # d_model n
+    return (at * direction.T).sum(-1) + b_U[pairs.answer] - b_U[pairs.wrong]
+
+
+def rows_per_call(model: TokenModel, graph: Graph, pos: int) -> int:
+    """Prompts per forward: what keeps one forward's per-sender buffers within ELEMENTS_PER_CALL floats."""
+    return max(1, ELEMENTS_PER_CALL // (pos * model.cfg.d_model * len(graph.senders)))
+
+
+def pick(pairs: ContrastBatch, rows: slice | Tensor) -> ContrastBatch:
+    return ContrastBatch(pairs.clean[rows], pairs.corrupted[rows], pairs.answer[rows], pairs.wrong[rows],
+                         pairs.position[rows], pairs.evaluator)
+
+
+def tiled(pairs: ContrastBatch, copies: int) -> ContrastBatch:
+    """`copies` copies of the pairs one after another (one per circuit evaluated in a forward)."""
+    return pick(pairs, torch.arange(len(pairs), device=pairs.clean.device).repeat(copies))
+
+
+def sender_hooks(graph: Graph, write: Callable[[slice, Tensor], None]) -> list[tuple[str, Callable]]:
+    """Hooks that hand the outputs of every sender to `write(senders, outputs [sender n pos d_model])`."""
+    def hook(senders: slice, heads: bool) -> Callable:
+        return lambda x, hook: write(senders, x.permute(2, 0, 1, 3) if heads else x[None])
+
+    hooks = [(sender_hook(graph, 0), hook(slice(0, 1), False))]
+    for layer in range(graph.n_layers):
+        first = graph.sender_index(layer, 0)
+        hooks.append((sender_hook(graph, first), hook(slice(first, first + graph.n_heads), True)))
+        if graph.mlp:
+            mlp = graph.sender_index(layer, None)
+            hooks.append((sender_hook(graph, mlp), hook(slice(mlp, mlp + 1), False)))
+    return hooks
+
+
+def receiver_hooks(graph: Graph, edit: Callable[[Tensor, int, str], Tensor]) -> list[tuple[str, Callable]]:
+    """Hooks that replace every receiver input x ([n pos receiver d_model] for q/k/v, [n pos d_model] for an MLP
+    and the logits) by `edit(x, layer, component)`."""
+    def hook(layer: int, component: str) -> Callable:
+        return lambda x, hook: edit(x, layer, component)
+
+    return [(receiver_hook(layer, component), hook(layer, component)) for layer, component in graph.columns]
+
+
+@dataclass
+class Endpoints:
+    """One group of pairs: every sender's output on the clean and the corrupted prompts, and their metrics."""
+
+    pairs: ContrastBatch
+    clean: Float[Tensor, "sender n pos d_model"]
+    corrupted: Float[Tensor, "sender n pos d_model"]
+    clean_metric: Float[Tensor, " n"]
+    corrupted_metric: Float[Tensor, " n"]
+
+
+@torch.no_grad()
+def sender_outputs(model: TokenModel, graph: Graph, tokens: Int[Tensor, "n pos"], pairs: ContrastBatch,
+                   metric: Metric) -> tuple[Float[Tensor, "sender n pos d_model"], Float[Tensor, " n"]]:
+    """Every sender's output and each pair's metric, from one forward on `tokens`."""
+    out = torch.empty(len(graph.senders), *tokens.shape, model.cfg.d_model, device=tokens.device)
+
+    def write(senders: slice, x: Tensor) -> None:
+        out[senders] = x
+
+    hidden = stopped_at(model, tokens, "unembed.hook_in", sender_hooks(graph, write))
+    return out, metric_values(model, hidden, pairs, metric)
+
+
+def endpoints(model: TokenModel, graph: Graph, pairs: ContrastBatch, metric: Metric) -> list[Endpoints]:
+    """Clean and corrupted forwards of every group of pairs."""
+    size = rows_per_call(model, graph, pairs.clean.shape[1])
+    out = []
+    for start in range(0, len(pairs), size):
+        group = pick(pairs, slice(start, start + size))
+        clean, clean_metric = sender_outputs(model, graph, group.clean, group, metric)
+        corrupted, corrupted_metric = sender_outputs(model, graph, group.corrupted, group, metric)
+        out.append(Endpoints(group, clean, corrupted, clean_metric, corrupted_metric))
+    return out
+
+
+def gradient_scores(model: TokenModel, graph: Graph, ends: list[Endpoints], steps: int,
+                    metric: Metric) -> Float[Tensor, "sender receiver"]:
+    """EAP (steps 0: the gradient on the clean prompt) or EAP-IG (the gradient averaged over `steps` inputs
+    corrupted + (k + 1/2) / steps * (clean - corrupted) of the embedding stream) at every receiver input, times every
+    sender's corrupted-minus-clean output, summed over positions and averaged over pairs."""
+    n = sum(len(e.pairs) for e in ends)
+    alphas = [1.0] if steps == 0 else [(k + 0.5) / steps for k in range(steps)]
+    scores = torch.zeros(len(graph.senders), len(graph.receivers), device=ends[0].clean.device)
+    for e in ends:
+        delta = e.corrupted - e.clean
+
+        def watch(x: Tensor, layer: int, component: str) -> Tensor:
+            x = x if x.ndim == 4 else x.clone()  # an MLP's or the logits' input: a copy only that reader uses
+            k, cols = graph.n_before(layer, component), graph.columns[(layer, component)]
+
+            def accumulate(g: Tensor) -> None:
+                g = g if g.ndim == 4 else g[:, :, None]
+                scores[:k, cols] += torch.einsum("sntd,ntcd->sc", delta[:k], g)
+
+            x.register_hook(accumulate)
+            return x
+
+        for alpha in alphas:
+            start = (e.corrupted[0] + alpha * (e.clean[0] - e.corrupted[0])).requires_grad_()
+            hooks = [(sender_hook(graph, 0), lambda x, hook: start), *receiver_hooks(graph, watch)]
+            with torch.enable_grad():
+                hidden = stopped_at(model, e.pairs.clean, "unembed.hook_in", hooks)
+                total = metric_values(model, hidden, e.pairs, metric).sum() / (n * len(alphas))
+                total.backward()
+    return scores * graph.valid.to(scores.device)
+
+
+@torch.no_grad()
+def exact_scores(model: TokenModel, graph: Graph, ends: list[Endpoints],
+                 metric: Metric) -> Float[Tensor, "sender receiver"]:
+    """metric(one edge corrupted) - metric(clean) of every edge: its receiver input plus the sender's
+    corrupted-minus-clean output, everything else computed (one copy of the pairs per edge)."""
+    edges = graph.edges.to(ends[0].clean.device)
+    change = torch.zeros(len(edges), device=edges.device)
+    n = sum(len(e.pairs) for e in ends)
+    for e in ends:
+        per_call = max(1, rows_per_call(model, graph, e.pairs.clean.shape[1]) // len(e.pairs))
+        for first in range(0, len(edges), per_call):
+            cut = edges[first:first + per_call]
+            change[first:first + len(cut)] = (one_edge(model, graph, e, cut, metric)
+                                              - e.clean_metric).sum(-1) / n
+    scores = torch.zeros(graph.valid.shape, device=edges.device)
+    scores[edges[:, 0], edges[:, 1]] = change
+    return scores
+
+
+def one_edge(model: TokenModel, graph: Graph, e: Endpoints, edges: Int[Tensor, "copy 2"],
+             metric: Metric) -> Float[Tensor, "copy n"]:
+    """One forward of a copy of the pairs' clean prompts per edge, copy c with edge c corrupted."""
+    copies, (n, pos) = len(edges), e.pairs.clean.shape
+    delta = e.corrupted - e.clean
+
+    def edit(x: Tensor, layer: int, component: str) -> Tensor:
+        cols = graph.columns[(layer, component)]
+        hit = ((edges[:, 1] >= cols.start) & (edges[:, 1] < cols.stop)).nonzero()[:, 0]
+        if not len(hit):
+            return x
+        x = x.clone()
+        at = x.view(copies, n, pos, -1, x.shape[-1]) if x.ndim == 4 else x.view(copies, n, pos, 1, x.shape[-1])
+        at[hit, :, :, edges[hit, 1] - cols.start] += delta[edges[hit, 0]]
+        return x
+
+    hidden = stopped_at(model, e.pairs.clean.repeat(copies, 1), "unembed.hook_in", receiver_hooks(graph, edit))
+    return metric_values(model, hidden, tiled(e.pairs, copies), metric).view(copies, n)
+
+
+@torch.no_grad()
+def circuit_metrics(model: TokenModel, graph: Graph, ends: list[Endpoints],
+                    keep: Bool[Tensor, "circuit sender receiver"], metric: Metric) -> Float[Tensor, " circuit"]:
+    """The mean metric of each circuit: every edge outside it carries its sender's corrupted output, everything
+    else is computed (several circuits per forward, each on its own copy of the pairs)."""
+    absent = (graph.valid.to(keep.device) & ~keep).to(ends[0].clean.dtype)
+    out = torch.zeros(len(keep), device=keep.device)
+    n = sum(len(e.pairs) for e in ends)
+    for e in ends:
+        per_call = max(1, rows_per_call(model, graph, e.pairs.clean.shape[1]) // len(e.pairs))
+        for first in range(0, len(keep), per_call):
+            cut = absent[first:first + per_call]
+            out[first:first + len(cut)] = patched(model, graph, e, cut, metric).sum(-1) / n
+    return out
+
+
+def patched(model: TokenModel, graph: Graph, e: Endpoints, absent: Float[Tensor, "circuit sender receiver"],
+            metric: Metric) -> Float[Tensor, "circuit n"]:
+    """One forward of len(absent) copies of the pairs' clean prompts, copy c missing the edges of absent[c]."""
+    copies, (n, pos) = len(absent), e.pairs.clean.shape
+    diff = torch.empty(len(graph.senders), copies, n, pos, model.cfg.d_model, device=e.clean.device)
+
+    def write(senders: slice, x: Tensor) -> None:
+        diff[senders] = x.reshape(x.shape[0], copies, n, pos, -1) - e.corrupted[senders, None]
+
+    def edit(x: Tensor, layer: int, component: str) -> Tensor:
+        k, cols = graph.n_before(layer, component), graph.columns[(layer, component)]
+        missing = torch.einsum("scntd,csr->cntrd", diff[:k], absent[:, :k, cols]).flatten(0, 1)
+        return x - (missing if x.ndim == 4 else missing[:, :, 0])
+
+    hooks = sender_hooks(graph, write) + receiver_hooks(graph, edit)
+    hidden = stopped_at(model, e.pairs.clean.repeat(copies, 1), "unembed.hook_in", hooks)
+    return metric_values(model, hidden, tiled(e.pairs, copies), metric).view(copies, n)
+
+
+@dataclass
+class Scored:
+    """A model's edge scores on one source's pairs, with what a circuit's evaluation reuses."""
+
+    graph: Graph
+    ends: list[Endpoints]
+    scores: Float[Tensor, "sender receiver"]  # metric(edge corrupted) - metric(clean), estimated or exact
+    clean: float  # the mean metric on the clean and on the corrupted prompts
+    corrupted: float
+
+    def edge_values(self) -> Float[Tensor, " edge"]:
+        edges = self.graph.edges.to(self.scores.device)
+        return self.scores[edges[:, 0], edges[:, 1]]
+
+
+_last: tuple[tuple, object, object, Scored] | None = None  # the latest scores (edges and circuit of one step)
+
+
+def score(model: TokenModel, pairs: ContrastBatch, method: Method, steps: int, metric: Metric) -> Scored:
+    """Every edge's score by `method`; the latest call is remembered, so `circuit` reuses what `edges` computed."""
+    global _last
+    key = (id(model), id(pairs), method, steps, metric)
+    if _last is not None and _last[0] == key:
+        return _last[3]
+    if method == "eap_ig" and steps < 1:
+        raise ConfigError(f"EAP-IG needs steps >= 1, got {steps}")
+    graph = Graph.of(model)
+    with split_forward(model):
+        ends = endpoints(model, graph, pairs, metric)
+        scores = (exact_scores(model, graph, ends, metric) if method == "exact" else
+                  gradient_scores(model, graph, ends, steps if method == "eap_ig" else 0, metric))
+    n = len(pairs)
+    out = Scored(graph, ends, scores, sum(e.clean_metric.sum().item() for e in ends) / n,
+                 sum(e.corrupted_metric.sum().item() for e in ends) / n)
+    _last = (key, model, pairs, out)  # holding model and pairs keeps their ids from being reused
+    return out
+
+
+def contrast_pairs(batches: dict, analysis: str) -> dict[str, ContrastBatch]:
+    """The source's contrastive pairs, or a one-line error saying how to give them."""
+    found = contrasts(batches)
+    if not found:
+        raise ConfigError(f"{analysis} needs contrastive pairs: pass --source induction or --source contrast:FILE")
+    return found
+
+
+def edge_columns(graph: Graph, edge: tuple[int, int]) -> dict:
+    """An edge in the table's columns: sender in src_layer/src_head, receiver in layer/head/component."""
+    sender, receiver = graph.senders[edge[0]], graph.receivers[edge[1]]
+    return {"src_layer": sender[0], "src_head": sender[1], "layer": receiver.layer, "head": receiver.head,
+            "component": receiver.component}
+
+
+def sender_name(src_layer: int, src_head) -> str:
+    return "input" if src_layer < 0 else f"mlp{src_layer}" if src_head is None or src_head != src_head \
+        else f"{src_layer}.{src_head}"
+
+
+def edge_name(src_layer: int, src_head, layer: int, head, component: str) -> str:
+    """An edge as text: `input->1.2q`, `0.3->mlp1`, `mlp1->logits` (head NA: None or NaN)."""
+    receiver = "logits" if component == "logits" else f"mlp{layer}" if component == "mlp" else \
+        f"{layer}.{head}{component}"
+    return f"{sender_name(src_layer, src_head)}->{receiver}"
