@@ -86,7 +86,7 @@ def turns_figure(table: pd.DataFrame, marks: list[Phase], x: str = "step") -> go
     for row, metric in enumerate(("turn_angle", "curvature"), 1):
         part = rows[(rows.metric == metric) & rows.component.isna()]
         fig.add_trace(go.Scatter(x=part[x], y=part.value, mode="lines+markers", name=metric.replace("_", " "),
-                                 line=dict(color="black")), row=row, col=1)
+                                 line=dict(color="black"), showlegend=False), row=row, col=1)
     fig.update_xaxes(log_axis())
     fig.update_xaxes(title=x_title(x), row=2, col=1)
     fig.update_yaxes(title="degrees", rangemode="tozero", row=1, col=1)
