@@ -207,3 +207,49 @@ def headline(rows: pd.DataFrame) -> str:
 ANALYSIS = Analysis("circuit", 1, {"tokens": token_rows}, "greedy and top-n circuits from edge scores: exact "
                     "faithfulness over circuit sizes, the smallest circuit reaching a threshold, its edges and nodes "
                     "(needs --source induction or contrast:FILE)", options=Options, opt_in=True, headline=headline)
+
+
+MEMBER_COLUMNS = {"circuit_edge": ["src_layer", "src_head", "layer", "head", "component"],
+                  "circuit_node": ["layer", "head", "component"]}
+
+
+def memberships(table: pd.DataFrame, metric: str = "circuit_edge") -> dict[int, dict[tuple, float]]:
+    """step -> {edge or node: weight}, the weights the |values| of its rows summing to 1, from `circuit` rows (the
+    first evaluator's)."""
+    rows = table[(table.analysis == "circuit") & (table.metric == metric)]
+    rows = rows[rows.evaluator == rows.evaluator.iloc[0]] if len(rows) else rows
+    out = {}
+    for step, at in rows.groupby("step"):
+        keys = at[MEMBER_COLUMNS[metric]].astype(object).where(at[MEMBER_COLUMNS[metric]].notna(), None)
+        weights = at.value.abs().to_numpy()
+        weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(weights), 1 / len(weights))
+        out[int(step)] = dict(zip(map(tuple, keys.to_numpy()), weights))
+    return out
+
+
+def jaccard(a: dict[tuple, float], b: dict[tuple, float], weighted: bool) -> float:
+    """|a ∩ b| / |a ∪ b|, or with weights sum(min) / sum(max) over the union (a member missing weighs 0)."""
+    union = set(a) | set(b)
+    if not union:
+        return float("nan")
+    if not weighted:
+        return len(set(a) & set(b)) / len(union)
+    return sum(min(a.get(k, 0), b.get(k, 0)) for k in union) / sum(max(a.get(k, 0), b.get(k, 0)) for k in union)
+
+
+def overlap(table: pd.DataFrame) -> pd.DataFrame:
+    """How the circuit changes over training: Jaccard and score-weighted Jaccard of its edges and of its nodes
+    between each checkpoint and the previous one and the final one, from a table's `circuit` rows. Columns step,
+    reference (previous | final), members (edges | nodes), weighted, jaccard."""
+    out = []
+    for members_name, metric in (("edges", "circuit_edge"), ("nodes", "circuit_node")):
+        sets = memberships(table, metric)
+        steps = sorted(sets)
+        for i, step in enumerate(steps):
+            for reference, other in (("previous", steps[i - 1] if i else None), ("final", steps[-1])):
+                if other is None:
+                    continue
+                for weighted in (False, True):
+                    out.append({"step": step, "reference": reference, "members": members_name, "weighted": weighted,
+                                "jaccard": jaccard(sets[step], sets[other], weighted)})
+    return pd.DataFrame(out, columns=["step", "reference", "members", "weighted", "jaccard"])

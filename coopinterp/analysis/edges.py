@@ -17,7 +17,7 @@ from ..token_model import TokenModel
 from .graph import Method, Metric, Scored, contrast_pairs, edge_columns, edge_name, score
 from .record import Analysis
 
-IG_STEPS = 5
+IG_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def token_rows(model: TokenModel, batches: dict[str, TokenBatch], options: Optio
 def headline(rows: pd.DataFrame) -> str:
     edges = rows[rows.metric.str.startswith("edge_")]
     top = edges.loc[edges.value.abs().idxmax()]
-    name = edge_name(top.src_layer, None if pd.isna(top.src_head) else top.src_head, top.layer, top["head"],
+    name = edge_name(top.src_layer, top.src_head, top.layer, top["head"],
                      top.component)
     return f"{len(edges)} edges, strongest {name} {top.value:+.2f}"
 

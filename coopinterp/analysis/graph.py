@@ -23,8 +23,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Sequence
 
+import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -416,20 +417,25 @@ def contrast_pairs(batches: dict, analysis: str) -> dict[str, ContrastBatch]:
     return found
 
 
-def edge_columns(graph: Graph, edge: tuple[int, int]) -> dict:
+def edge_columns(graph: Graph, edge: Sequence[int]) -> dict:
     """An edge in the table's columns: sender in src_layer/src_head, receiver in layer/head/component."""
     sender, receiver = graph.senders[edge[0]], graph.receivers[edge[1]]
     return {"src_layer": sender[0], "src_head": sender[1], "layer": receiver.layer, "head": receiver.head,
             "component": receiver.component}
 
 
-def sender_name(src_layer: int, src_head) -> str:
-    return "input" if src_layer < 0 else f"mlp{src_layer}" if src_head is None or src_head != src_head \
-        else f"{src_layer}.{src_head}"
+def _na(x) -> bool:
+    return x is None or x is pd.NA or x != x
 
 
-def edge_name(src_layer: int, src_head, layer: int, head, component: str) -> str:
-    """An edge as text: `input->1.2q`, `0.3->mlp1`, `mlp1->logits` (head NA: None or NaN)."""
-    receiver = "logits" if component == "logits" else f"mlp{layer}" if component == "mlp" else \
-        f"{layer}.{head}{component}"
+def sender_name(src_layer, src_head) -> str:
+    """A sender as text: `input`, `mlp1`, `0.3` (a head NA: None, NaN or pd.NA; numbers of any type)."""
+    return "input" if int(src_layer) < 0 else f"mlp{int(src_layer)}" if _na(src_head) \
+        else f"{int(src_layer)}.{int(src_head)}"
+
+
+def edge_name(src_layer, src_head, layer, head, component: str) -> str:
+    """An edge as text: `input->1.2q`, `0.3->mlp1`, `mlp1->logits`."""
+    receiver = "logits" if component == "logits" else f"mlp{int(layer)}" if component == "mlp" else \
+        f"{int(layer)}.{int(head)}{component}"
     return f"{sender_name(src_layer, src_head)}->{receiver}"
