@@ -316,7 +316,7 @@ def test_cache_key_follows_task_and_model_not_training_settings(run_copy):
 def test_every_analysis_module_declares_one_record():
     records = an.registry()
     assert list(records) == ["behavior", "attention", "composition", "ablation", "path_patching", "clamping",
-                             "paper_checks", "llc", "strategy"]
+                             "paper_checks", "llc", "automaton", "circuit", "edges", "linreg", "strategy", "trajectory"]
     assert all(r.version >= 1 and r.summary for r in records.values())
     assert [n for n, r in records.items() if r.opt_in is True] == ["llc"]
     assert [n for n, r in records.items() if r.opt_in_on(("tokens",))] == ["path_patching", "llc"]
