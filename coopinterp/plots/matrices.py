@@ -25,10 +25,10 @@ def matrix_slider(fig: go.Figure, steps: Sequence[int], per_step: int, marks: Se
         return abs(math.log10(max(step, 1)) - math.log10(max(mark.step, 1)))
 
     nearest = {}  # a phase names the checkpoint nearest to it, if that one lies within a factor 1.4 of it
-    for mark in marks:
+    for mark in marks:  # (the first mark there: a phase before a stage)
         step = min(steps, key=lambda s: distance(s, mark))
         if distance(step, mark) < 0.15:
-            nearest[step] = mark.label
+            nearest.setdefault(step, mark.label)
     slider_steps = []
     for i, step in enumerate(steps):
         visible = [j // per_step == i for j in range(len(fig.data))]
