@@ -302,11 +302,11 @@ PRESETS: dict[str, RunConfig] = {
     "linreg-separate": _preset("linreg-separate", LinregTaskConfig(heads=5, rank=1, init_scale=0.01 * SEPARATE_INIT),
                                steps=50_000, batch_size=80_000, lr=0.02 * SEPARATE_LR, n_checkpoints=100,
                                eval_every=100, eval_n=4_096),
-    # The rank sweep, repo: --head 9 --in_dim 8 --init 5e-3 --lr 0.02 (P 80,000, 20,001 epochs), P cut to 10,000
-    # for a CPU.
+    # The rank sweep, repo: --head 9 --in_dim 8 --init 5e-3 --lr 0.02 (P 80,000, 20,001 epochs). For a CPU: P 10,000
+    # and ten times the init (at 5e-3, rank 8 is still on its first plateau at step 17,700; docs/linreg.md).
     **{f"linreg-rank{r}": _preset(f"linreg-rank{r}", LinregTaskConfig(dim=8, heads=9, rank=r,
-                                                                      init_scale=5e-3 * SEPARATE_INIT),
-                                  steps=20_000, batch_size=10_000, lr=0.02 * SEPARATE_LR, n_checkpoints=60,
+                                                                      init_scale=0.05 * SEPARATE_INIT),
+                                  steps=30_000, batch_size=10_000, lr=0.02 * SEPARATE_LR, n_checkpoints=60,
                                   eval_every=50, eval_n=4_096)
        for r in (8, 4, 2, 1)},
     # Seconds, for tests: D 2, N 7, two rank-1 heads.
