@@ -79,11 +79,13 @@ def draw_diagram(fig: go.Figure, rows: pd.DataFrame, col: int) -> None:
             fig.add_annotation(x=xy[s, 0], y=xy[s, 1], text=f"↻{symbol}", showarrow=False, yshift=18 - 36 * symbol,
                                xref=f"x{axis}", yref=f"y{axis}")
             continue
-        bend = 0.08 * (1 if symbol else -1)
-        fig.add_annotation(x=xy[t, 0] + bend, y=xy[t, 1] + bend, ax=xy[s, 0] + bend, ay=xy[s, 1] + bend,
-                           xref=f"x{axis}", yref=f"y{axis}", axref=f"x{axis}", ayref=f"y{axis}", showarrow=True,
-                           arrowhead=2, arrowwidth=1, arrowcolor="#555555", standoff=9, startstandoff=9)
-        mid = (xy[s] + xy[t]) / 2 + bend * 1.5
+        d = xy[t] - xy[s]
+        offset = np.array([-d[1], d[0]]) / np.linalg.norm(d) * 0.06 * (1 if symbol else -1)
+        (x0, y0), (x1, y1) = xy[s] + offset, xy[t] + offset
+        fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref=f"x{axis}", yref=f"y{axis}", axref=f"x{axis}",
+                           ayref=f"y{axis}", showarrow=True, arrowhead=2, arrowwidth=1, arrowcolor="#555555",
+                           standoff=11, startstandoff=11)
+        mid = (xy[s] + xy[t]) / 2 + 2.5 * offset
         fig.add_annotation(x=mid[0], y=mid[1], text=str(symbol), showarrow=False, font=dict(size=10),
                            xref=f"x{axis}", yref=f"y{axis}")
     colors = [PARITY_COLORS.get(o, "#ffffff") for o in outputs]
@@ -92,8 +94,8 @@ def draw_diagram(fig: go.Figure, rows: pd.DataFrame, col: int) -> None:
                              marker=dict(size=20, color=colors, line=dict(color="#000000",
                                                                           width=[3] + [1] * (len(xy) - 1)))),
                   row=1, col=col)
-    fig.update_xaxes(visible=False, row=1, col=col)
-    fig.update_yaxes(visible=False, row=1, col=col)
+    fig.update_xaxes(visible=False, range=[-0.5, xy[:, 0].max() + 0.5], row=1, col=col)
+    fig.update_yaxes(visible=False, range=[-1.3, 1.3], row=1, col=col)
 
 
 def automaton_graph_figure(table: pd.DataFrame, step: int | None = None) -> go.Figure:
