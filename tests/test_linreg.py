@@ -142,6 +142,18 @@ def test_tiny_preset_trains_resumes_analyzes_and_plots(tmp_path):
                        run.model(last)(run.batches(None, 5, 0)["linreg"].seqs))
 
 
+def test_online_training_draws_fresh_sequences_and_resumes_exactly(tmp_path):
+    config = ci.preset("linreg-tiny").replace(task={"online": True})
+    run = ci.train(config, tmp_path / "run", progress=False, device="cpu")
+    ci.train(config.replace(train={"steps": 25}), tmp_path / "split", progress=False, device="cpu")
+    resumed = ci.train(config, tmp_path / "split", progress=False, device="cpu")
+    fixed = ci.train(ci.preset("linreg-tiny"), tmp_path / "fixed", progress=False, device="cpu")
+    last = run.steps[-1]
+    assert torch.equal(run.model(last).W_K, resumed.model(last).W_K)
+    assert not torch.equal(run.model(last).W_K, fixed.model(last).W_K)
+    assert set(run.metrics.evaluator) == {"linreg"}  # no fixed training set to log
+
+
 @pytest.mark.parametrize("change, message", [
     ({"task": {"attention": "merged"}}, "rank applies to attention 'separate' only"),
     ({"task": {"rank": 1, "heads": 1}}, "rank \\* heads must be >= dim"),

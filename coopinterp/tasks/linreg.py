@@ -3,7 +3,7 @@
 A sequence is the (D+1) x (N+1) matrix X = [[x_1 ... x_N, x_q], [y_1 ... y_N, 0]] with x ~ N(0, Λ), a task vector
 w ~ N(0, I_D) drawn per sequence and y = wᵀx (no noise); the model reads its prediction of y_q = wᵀx_q at the
 query's y slot and is scored by the squared error (the mean of (y_q - ŷ_q)², no factor 1/2: the paper's plateau
-formula, `plateau_losses`, uses the same convention). Λ = Q diag(1, ..., D) Qᵀ / tr, Q a random rotation fixed by the
+formula, analysis/linreg.py's `plateau_losses`, uses the same convention). Λ = Q diag(1, ..., D) Qᵀ / tr, Q a random rotation fixed by the
 task seed (so tr Λ = 1). Training is the paper's: full-batch gradient descent on P = `train.batch_size` fixed
 sequences drawn from the training seed (`online`: P fresh sequences every step instead).
 
@@ -38,88 +38,6 @@ from ..learner import EVAL_SEED, Results
 from ..model import check_weights_match
 
 ATTENTIONS = ("merged", "separate")
-
-
-def moments(seqs: Float[Tensor, "n row col"]) -> Float[Tensor, "n row row"]:
-    """X Xᵀ / N over every column (the query's too), N the number of context columns."""
-    return torch.einsum("nic,njc->nij", seqs, seqs) / (seqs.shape[-1] - 1)
-
-
-class LinearAttention(HookedRootModule):
-    """ATTN_M or ATTN_S of a linreg task section (`attention`, `heads`, `rank`, `init_scale`, `dim`)."""
-
-    model_kinds = ("linreg", "outputs")  # the linreg analysis, then the model-agnostic output analyses
-
-    def __init__(self, task, seed: int = 0):
-        super().__init__()
-        self.task = task
-        H, E = task.heads, task.dim + 1
-        self.W_V = nn.Parameter(torch.empty(H, E, E))
-        if task.attention == "merged":
-            self.W_KQ = nn.Parameter(torch.empty(H, E, E))
-        else:
-            self.W_K = nn.Parameter(torch.empty(H, task.rank, E))
-            self.W_Q = nn.Parameter(torch.empty(H, task.rank, E))
-        self.hook_result = HookPoint()  # [batch, head, row]: each head's write to the query column
-        self.setup()
-        self.reset_parameters(seed)
-
-    @property
-    def merged(self) -> bool:
-        return self.task.attention == "merged"
-
-    @torch.no_grad()
-    def reset_parameters(self, seed: int) -> None:
-        """The reference code's initialisation: merged, every weight ~ N(0, init²); separate, N(0, init² / n) with n
-        the entries of that matrix over all heads. Zeroed as there: the value's x -> y weights, and the y input of
-        the key (separate) or of W^KQ's y row (merged), terms that only add noise to the prediction."""
-        g = torch.Generator().manual_seed(seed)
-        D, s = self.task.dim, self.task.init_scale
-        for p in self.parameters():
-            p.normal_(0.0, s if self.merged else s / p.numel() ** 0.5, generator=g)
-        self.W_V[:, D, :D] = 0.0
-        if self.merged:
-            self.W_KQ[:, D, :D] = 0.0
-        else:
-            self.W_K[:, :, D] = 0.0
-
-    def kq(self) -> Float[Tensor, "head row row"]:
-        """Each head's merged key-query matrix W^KQ_h (W^K_hᵀ W^Q_h for separate heads)."""
-        return self.W_KQ if self.merged else torch.einsum("hri,hrj->hij", self.W_K, self.W_Q)
-
-    def predict(self, C: Float[Tensor, "n row row"], query: Float[Tensor, "n row"]) -> Float[Tensor, " n"]:
-        """ŷ_q from the moments X Xᵀ / N and the query column."""
-        if self.merged:
-            kq_query = torch.einsum("hij,nj->nhi", self.W_KQ, query)
-        else:
-            kq_query = torch.einsum("hri,nhr->nhi", self.W_K, torch.einsum("hrj,nj->nhr", self.W_Q, query))
-        context = torch.einsum("nij,nhj->nhi", C, kq_query)
-        result = self.hook_result(torch.einsum("hoi,nhi->nho", self.W_V, context))
-        return query[:, -1] + result[..., -1].sum(-1)
-
-    def fast_predict(self, C: Float[Tensor, "n row row"], query: Float[Tensor, "n row"]) -> Float[Tensor, " n"]:
-        """`predict` without the hook (training and logging): ŷ_q = Σ_ijk C_ij T_ijk x̃_q,k with the heads summed
-        into T_ijk = Σ_h W^V_h[y, i] W^KQ_h[j, k], one matmul over the batch instead of one per head."""
-        T = torch.einsum("hi,hjk->ijk", self.W_V[:, -1], self.kq())
-        return query[:, -1] + ((C.flatten(1) @ T.flatten(0, 1)) * query).sum(-1)
-
-    def forward(self, seqs: Float[Tensor, "n row col"]) -> Float[Tensor, " n"]:
-        return self.predict(moments(seqs), seqs[..., -1])
-
-    @torch.no_grad()
-    def outputs(self, batches: dict) -> Float[Tensor, "n k"]:
-        """The predictions on each evaluation batch, one column per batch (the `outputs` kind of model)."""
-        return torch.stack([self(b.seqs) for b in batches.values()], dim=1)
-
-    def weights(self) -> dict[str, Tensor]:
-        """W_V and W_KQ (merged) or W_K, W_Q (separate), each [head, ...]: the checkpoint format."""
-        return {k: v.detach() for k, v in self.state_dict().items()}
-
-    @torch.no_grad()
-    def load_weights(self, weights: dict[str, Tensor], source: str = "checkpoint") -> None:
-        own = self.weights()
-        check_weights_match(own, weights, source)
-        self.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=True)
 
 
 @dataclass(frozen=True)
@@ -196,7 +114,8 @@ class LinregBatch:
 def sample(task: LinregTaskConfig, n: int, generator: torch.Generator, evaluator: str = "linreg") -> LinregBatch:
     """n sequences: x ~ N(0, Λ) per column, w ~ N(0, I) per sequence, y = wᵀx, the query's y set to 0."""
     device = generator.device
-    root = (spectrum(task)[1] * spectrum(task)[0].sqrt()).float().to(device)  # Λ = root rootᵀ
+    values, vectors = spectrum(task)
+    root = (vectors * values.sqrt()).float().to(device)  # Λ = root rootᵀ
     z = torch.randn(n, task.dim, task.seq_len, generator=generator, device=device)
     w = torch.randn(n, task.dim, generator=generator, device=device)
     x = root @ z
@@ -208,6 +127,89 @@ def sample(task: LinregTaskConfig, n: int, generator: torch.Generator, evaluator
 
 def eval_batches(task: LinregTaskConfig, n: int, seed: int, device: str = "cpu") -> dict[str, LinregBatch]:
     return {"linreg": sample(task, n, torch.Generator().manual_seed(seed)).to(device)}
+
+
+def moments(seqs: Float[Tensor, "n row col"]) -> Float[Tensor, "n row row"]:
+    """X Xᵀ / N over every column (the query's too), N the number of context columns."""
+    return torch.einsum("nic,njc->nij", seqs, seqs) / (seqs.shape[-1] - 1)
+
+
+class LinearAttention(HookedRootModule):
+    """ATTN_M or ATTN_S of a linreg task section (`attention`, `heads`, `rank`, `init_scale`, `dim`; module
+    docstring)."""
+
+    model_kinds = ("linreg", "outputs")  # the linreg analysis, then the model-agnostic output analyses
+
+    def __init__(self, task: LinregTaskConfig, seed: int = 0):
+        super().__init__()
+        self.task = task
+        H, E = task.heads, task.dim + 1
+        self.W_V = nn.Parameter(torch.empty(H, E, E))
+        if task.attention == "merged":
+            self.W_KQ = nn.Parameter(torch.empty(H, E, E))
+        else:
+            self.W_K = nn.Parameter(torch.empty(H, task.rank, E))
+            self.W_Q = nn.Parameter(torch.empty(H, task.rank, E))
+        self.hook_result = HookPoint()  # [batch, head, row]: each head's write to the query column
+        self.setup()
+        self.reset_parameters(seed)
+
+    @property
+    def merged(self) -> bool:
+        return self.task.attention == "merged"
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int) -> None:
+        """The reference code's initialisation: merged, every weight ~ N(0, init²); separate, N(0, init² / n) with n
+        the entries of that matrix over all heads. Zeroed as there: the value's x -> y weights, and the y input of
+        the key (separate) or of W^KQ's y row (merged), terms that only add noise to the prediction."""
+        g = torch.Generator().manual_seed(seed)
+        D, s = self.task.dim, self.task.init_scale
+        for p in self.parameters():
+            p.normal_(0.0, s if self.merged else s / p.numel() ** 0.5, generator=g)
+        self.W_V[:, D, :D] = 0.0
+        if self.merged:
+            self.W_KQ[:, D, :D] = 0.0
+        else:
+            self.W_K[:, :, D] = 0.0
+
+    def kq(self) -> Float[Tensor, "head row row"]:
+        """Each head's merged key-query matrix W^KQ_h (W^K_hᵀ W^Q_h for separate heads)."""
+        return self.W_KQ if self.merged else torch.einsum("hri,hrj->hij", self.W_K, self.W_Q)
+
+    def predict(self, C: Float[Tensor, "n row row"], query: Float[Tensor, "n row"]) -> Float[Tensor, " n"]:
+        """ŷ_q from the moments X Xᵀ / N and the query column."""
+        if self.merged:
+            kq_query = torch.einsum("hij,nj->nhi", self.W_KQ, query)
+        else:
+            kq_query = torch.einsum("hri,nhr->nhi", self.W_K, torch.einsum("hrj,nj->nhr", self.W_Q, query))
+        context = torch.einsum("nij,nhj->nhi", C, kq_query)
+        result = self.hook_result(torch.einsum("hoi,nhi->nho", self.W_V, context))
+        return query[:, -1] + result[..., -1].sum(-1)
+
+    def fast_predict(self, C: Float[Tensor, "n row row"], query: Float[Tensor, "n row"]) -> Float[Tensor, " n"]:
+        """`predict` without the hook (training and logging): ŷ_q = Σ_ijk C_ij T_ijk x̃_q,k with the heads summed
+        into T_ijk = Σ_h W^V_h[y, i] W^KQ_h[j, k], one matmul over the batch instead of one per head."""
+        T = torch.einsum("hi,hjk->ijk", self.W_V[:, -1], self.kq())
+        return query[:, -1] + ((C.flatten(1) @ T.flatten(0, 1)) * query).sum(-1)
+
+    def forward(self, seqs: Float[Tensor, "n row col"]) -> Float[Tensor, " n"]:
+        return self.predict(moments(seqs), seqs[..., -1])
+
+    @torch.no_grad()
+    def outputs(self, batches: dict) -> Float[Tensor, "n k"]:
+        """The predictions on each evaluation batch, one column per batch (the `outputs` kind of model)."""
+        return torch.stack([self(b.seqs) for b in batches.values()], dim=1)
+
+    def weights(self) -> dict[str, Tensor]:
+        """W_V and W_KQ (merged) or W_K, W_Q (separate), each [head, ...]: the checkpoint format."""
+        return {k: v.detach() for k, v in self.state_dict().items()}
+
+    @torch.no_grad()
+    def load_weights(self, weights: dict[str, Tensor], source: str = "checkpoint") -> None:
+        own = self.weights()
+        check_weights_match(own, weights, source)
+        self.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=True)
 
 
 def squared_error(pred: Float[Tensor, " n"], targets: Float[Tensor, " n"]) -> Float[Tensor, ""]:
