@@ -77,8 +77,9 @@ def diagram(table: pd.DataFrame) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, x=[str(f) for f in fractions], y=[str(g) for g in gains], text=text,
                                texttemplate="%{text}", colorscale="Viridis",
                                colorbar=dict(title="log2 minimised<br>states")))
-    fig.update_layout(title=f"Streaming parity: final automaton (minimised states) and accuracy on "
-                            f"{table.longest.iloc[0].replace('len_', 'length-')} sequences",
+    length = table.longest.iloc[0].replace("len_", "")
+    fig.update_layout(title=f"Streaming parity after {table.final_step.iloc[0]:,} steps:<br>minimised automaton "
+                            f"states and accuracy at length {int(length):,}",
                       xaxis_title="fraction of training sequences kept", yaxis_title="initial weight scale (gain)",
                       width=700, height=480)
     return fig
