@@ -60,6 +60,13 @@ def test_turns_on_tiny_moves_are_not_boundaries():
     assert tr.boundaries(path, turns, tr.Options(smooth=0.0, min_move=0.0)).nonzero().flatten().tolist() == [7, 16]
 
 
+def test_speed_peaks_at_a_jump_and_sums_to_one():
+    path = torch.tensor([[0.0, 0], [0.1, 0], [0.2, 0], [5.2, 0], [5.3, 0], [5.3, 0.1]], dtype=torch.float64)
+    got = tr.speed(path)
+    torch.testing.assert_close(got, torch.tensor([0, 0.1, 0.1, 5, 0.1, 0.1], dtype=torch.float64) / 5.4)
+    assert int(got.argmax()) == 3
+
+
 def test_pca_recovers_a_planted_path_and_its_variance_shares():
     t = torch.arange(41, dtype=torch.float64) * 2 * math.pi / 41
     a, b = 3 * t.cos(), t.sin()  # centred, uncorrelated: variances 4.5 and 0.5; |a| largest at t = 0 alone

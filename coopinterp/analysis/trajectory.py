@@ -14,7 +14,8 @@ turning angle (between the segments in and out) and the curvature of the circle 
 first three. A local maximum of the turning angle above `min_turn` degrees is a candidate stage boundary, a cusp if
 the turn is at least `cusp_turn` degrees (the trajectory nearly reverses, where the circle's curvature says little:
 three nearly collinear points). Turns along segments shorter than `min_move` of the trajectory's diameter are noise
-and are not marked. Rows: docs/reference.md, "The table"; how to read them: docs/trajectory.md.
+and are not marked. The speed (each segment's share of the path's length, before smoothing) shows jumps, which are
+not turns. Rows: docs/reference.md, "The table"; how to read them: docs/trajectory.md.
 """
 from __future__ import annotations
 
@@ -145,6 +146,13 @@ def curvature(path: Float[Tensor, "steps k"]) -> Float[Tensor, " steps"]:
     return _padded(2 * cross / (into.norm(dim=-1) * out.norm(dim=-1) * chord.norm(dim=-1)))
 
 
+def speed(path: Float[Tensor, "steps k"]) -> Float[Tensor, " steps"]:
+    """The length of the segment into every point as a share of the whole path's length (0 at the first point): a
+    jump between two checkpoints (an abrupt change, e.g. a loss drop) is a peak."""
+    segments = (path[1:] - path[:-1]).norm(dim=-1)
+    return torch.cat([segments.new_zeros(1), segments / segments.sum().clamp(min=torch.finfo(segments.dtype).tiny)])
+
+
 def _padded(interior: Float[Tensor, " inner"]) -> Float[Tensor, " steps"]:
     nan = interior.new_full((1,), math.nan)
     return torch.cat([nan, interior, nan])
@@ -177,7 +185,7 @@ def trajectory_rows(outputs: dict[int, Float[Tensor, "n k"]], options: Options) 
     path = gaussian_smooth(coords, options.smooth)
     names = [f"pc{i + 1}" for i in range(coords.shape[1])]
     per_step = {"pc": coords, "pc_smooth": path}
-    series = {"turn_angle": turning_angles(path), "curvature": curvature(path)}
+    series = {"turn_angle": turning_angles(path), "curvature": curvature(path), "speed": speed(coords)}
     flags = boundaries(path, series["turn_angle"], options)
     series |= {"boundary": flags, "cusp": flags * (series["turn_angle"] >= options.cusp_turn)}
     planes = {f"{names[i]}-{names[j]}": curvature(path[:, [i, j]])
@@ -200,7 +208,7 @@ def headline(rows: pd.DataFrame) -> str:
     return "explained variance " + " ".join(f"{c} {v:.2f}" for c, v in zip(explained.component, explained.value))
 
 
-ANALYSIS = Analysis("trajectory", 1, {"exemplar": exemplar_outputs, "tokens": token_outputs,
+ANALYSIS = Analysis("trajectory", 2, {"exemplar": exemplar_outputs, "tokens": token_outputs,
                                       "outputs": model_outputs},
                     "essential dynamics: outputs on the probe set across checkpoints, PCA, curvature, stage "
                     "boundaries", options=Options, opt_in=True, across=trajectory_rows)

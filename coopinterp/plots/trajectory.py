@@ -24,7 +24,8 @@ CAPTION = ("The model's outputs on the fixed probe set at every checkpoint, proj
            "circles mark candidate stage boundaries (sharp turns of the smoothed path), crosses cusps (it nearly "
            "reverses).")
 TURNS_CAPTION = ("At each checkpoint, how sharply the smoothed path through the principal components turns (degrees "
-                 "between the segments in and out) and the curvature of the circle through it and its neighbours; "
+                 "between the segments in and out), the curvature of the circle through it and its neighbours, and "
+                 "how far the path moved from the checkpoint before (a jump, such as a sudden loss drop, is a peak); "
                  "dashed lines mark the candidate stage boundaries, dotted ones the behavioural phases where known.")
 
 
@@ -77,21 +78,23 @@ def _axis_title(component: str, share: dict[str, float]) -> str:
 
 
 def turns_figure(table: pd.DataFrame, marks: list[Phase], x: str = "step") -> go.Figure:
-    """Turning angle and curvature of the smoothed path over training, with the stage and phase marks."""
+    """Turning angle, curvature and speed of the path over training, with the stage and phase marks."""
     rows = on_log_x(select(table, "trajectory"), x)
-    fig = make_subplots(2, 1, shared_xaxes=True, vertical_spacing=0.08,
+    fig = make_subplots(3, 1, shared_xaxes=True, vertical_spacing=0.07,
                         subplot_titles=["turning angle of the smoothed path (degrees)",
                                         "curvature (1 / radius of the circle through each checkpoint and its "
-                                        "neighbours)"])
-    for row, metric in enumerate(("turn_angle", "curvature"), 1):
+                                        "neighbours)",
+                                        "speed (each step's move from the checkpoint before, share of the path)"])
+    for row, metric in enumerate(("turn_angle", "curvature", "speed"), 1):
         part = rows[(rows.metric == metric) & rows.component.isna()]
         fig.add_trace(go.Scatter(x=part[x], y=part.value, mode="lines+markers", name=metric.replace("_", " "),
                                  line=dict(color="black"), showlegend=False), row=row, col=1)
     fig.update_xaxes(log_axis())
-    fig.update_xaxes(title=x_title(x), row=2, col=1)
+    fig.update_xaxes(title=x_title(x), row=3, col=1)
     fig.update_yaxes(title="degrees", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title="curvature", rangemode="tozero", row=2, col=1)
-    apply_layout(fig, "How sharply the trajectory turns, over training", height=600)
+    fig.update_yaxes(title="share of path", rangemode="tozero", row=3, col=1)
+    apply_layout(fig, "How sharply and how fast the trajectory turns and moves, over training", height=800)
     set_caption(fig, TURNS_CAPTION)
     return mark_phases(fig, marks, x)
 
