@@ -203,15 +203,9 @@ class ParityRNN(HookedRootModule):
         self.load_state_dict({**{k: v.to(own[k].dtype) for k, v in weights.items()}, "h0": self.h0}, strict=True)
 
 
-def parity_loss(model: ParityRNN, batch: ParityBatch) -> Float[Tensor, ""]:
-    """Mean squared error of the readout against the one-hot parity at the scored positions."""
-    out = model.readout(model.hook_hidden(model.hidden_at(batch.bits, batch.scored)))
-    return F.mse_loss(out, F.one_hot(batch.targets, 2).float())
-
-
 def scores(model: ParityRNN, batch: ParityBatch) -> dict[str, float]:
     """Loss and accuracy (the larger output names the parity) of a batch."""
-    out = model.readout(model.hidden_at(batch.bits, batch.scored))
+    out = model.readout(model.hook_hidden(model.hidden_at(batch.bits, batch.scored)))
     target = batch.targets
     return {"loss": F.mse_loss(out, F.one_hot(target, 2).float()).item(),
             "acc": (out.argmax(-1) == target).float().mean().item()}
@@ -246,7 +240,7 @@ class ParitySeeds:
         self.config, self.seeds, self.device = config, seeds, device
         self.models = [ParityRNN(config.task, seed=s).to(device) for s in seeds]
         self.opts = [torch.optim.SGD(m.parameters(), lr=config.train.lr) for m in self.models]
-        self.gens = [torch.Generator().manual_seed(s) for s in seeds]  # unused: ResumeState saves one
+        self.gens = [torch.Generator().manual_seed(s) for s in seeds]  # ResumeState's slot; the stream needs none
         self.step = 0
 
     def __len__(self) -> int:
@@ -299,6 +293,12 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
+def check_model_section(config: RunConfig) -> None:
+    """The shared model section describes a transformer: a parity run takes it only at its defaults."""
+    check(config.model == ModelConfig(), "the parity task's model is set by its task section (hidden_size, "
+          "init_gain, nonlinearity); leave the model section at its defaults")
+
+
 class ParityTask:
     """The registry's view of the parity task (tasks.Task): its own batches only."""
 
@@ -309,8 +309,7 @@ class ParityTask:
     presets = PRESETS
 
     def build_model(self, config: RunConfig) -> ParityRNN:
-        check(config.model == ModelConfig(), "the parity task's model is set by its task section (hidden_size, "
-              "init_gain, nonlinearity); leave the model section at its defaults")
+        check_model_section(config)
         return ParityRNN(config.task, seed=config.train.seed)
 
     def batches(self, section: ParityTaskConfig, source: str | None, n: int, seed: int,
@@ -323,7 +322,7 @@ class ParityTask:
         return None
 
     def learner(self, config: RunConfig, seeds: list[int] | None, device: str) -> ParitySeeds:
-        self.build_model(config)
+        check_model_section(config)
         return ParitySeeds(config, [config.train.seed] if seeds is None else seeds, device)
 
     def training_batches(self, config: RunConfig, device: str) -> dict[str, ParityBatch]:
