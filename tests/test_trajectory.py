@@ -117,6 +117,8 @@ def test_end_to_end_outputs_rows_and_the_cross_step_cache(tiny_run, tmp_path):
     assert len(pcs) == k * len(steps) and set(table.analysis) == {"trajectory"}
     explained = table[table.metric == "explained_variance"].drop_duplicates("component").value
     assert len(explained) == k and explained.is_monotonic_decreasing and explained.sum() <= 1 + 1e-9
+    shares = " ".join(f"{v:.2f}" for v in explained)
+    assert tr.ANALYSIS.headline(table[table.step == steps[-1]]) == f"PCs explain {shares}"
 
     # the step arrays are the model's log-probabilities at the query over its 16 labels, on the same batches;
     # with fewer columns kept, those of the context labels and the true label come first

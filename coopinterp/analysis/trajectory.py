@@ -205,10 +205,10 @@ def trajectory_rows(outputs: dict[int, Float[Tensor, "n k"]], options: Options) 
 
 def headline(rows: pd.DataFrame) -> str:
     explained = rows[rows.metric == "explained_variance"]
-    return "explained variance " + " ".join(f"{c} {v:.2f}" for c, v in zip(explained.component, explained.value))
+    return f"PCs explain {' '.join(f'{v:.2f}' for v in explained.value)}"
 
 
 ANALYSIS = Analysis("trajectory", 2, {"exemplar": exemplar_outputs, "tokens": token_outputs,
                                       "outputs": model_outputs},
                     "essential dynamics: outputs on the probe set across checkpoints, PCA, curvature, stage "
-                    "boundaries", options=Options, opt_in=True, across=trajectory_rows)
+                    "boundaries", options=Options, opt_in=True, headline=headline, across=trajectory_rows)
