@@ -4,9 +4,10 @@ fraction of training sequences kept)?
 Trains the grid below with `coopinterp sweep` machinery (runs under --runs, never in the repo; finished runs are
 skipped), runs the `automaton` analysis on every checkpoint, and writes one line per run (the final training
 loss, the final loss and accuracy on the longest validation length, the peak and final automaton sizes) to
-OUT/parity_phase.csv, and the diagram to OUT/parity_phase.png (and .html): per grid cell the final minimised automaton size
-(colour, log scale) with the longest-length accuracy written in. A run "merges" when its final minimised automaton
-has two states and "generalises" when it is right on at least 99% of the longest validation sequences.
+OUT/parity_phase.csv, and the diagram to OUT/parity_phase.png (and .html): per grid cell the final minimised
+automaton size (colour, log scale) with the longest-length accuracy written in. A run "merges" when its final
+minimised automaton has two states and "generalises" when it is right on at least 99% of the longest validation
+sequences. Run again, it skips the trained runs and reads the cached analyses (seconds).
 """
 from __future__ import annotations
 

@@ -69,7 +69,8 @@ class ParityTaskConfig:
     def validate(self) -> None:
         check(self.hidden_size >= 1, f"hidden_size must be >= 1, got {self.hidden_size}")
         check(self.init_gain > 0, f"init_gain must be > 0, got {self.init_gain}")
-        check(self.nonlinearity in ("relu", "tanh"), f"nonlinearity must be 'relu' or 'tanh', got {self.nonlinearity!r}")
+        check(self.nonlinearity in ("relu", "tanh"),
+              f"nonlinearity must be 'relu' or 'tanh', got {self.nonlinearity!r}")
         check(1 <= self.min_train_len <= self.max_train_len <= 16,
               f"need 1 <= min_train_len <= max_train_len <= 16, got {self.min_train_len}, {self.max_train_len}")
         check(0 < self.data_fraction <= 1, f"data_fraction must be in (0, 1], got {self.data_fraction}")
