@@ -118,12 +118,16 @@ def test_moore_minimisation_of_hand_written_automata():
     assert len(A.minimise(unreachable)) == 1
 
 
-def test_the_model_section_must_stay_at_its_defaults_and_sources_are_refused():
+def test_bad_settings_are_one_line_errors():
     config = ci.preset("parity-tiny")
     with pytest.raises(ConfigError, match="model section"):
         P.TASK.build_model(config.replace(model={"d_model": 32, "d_head": 4}))
     with pytest.raises(ConfigError, match="own sequences"):
         P.TASK.batches(config.task, "repeated", 4, 0, "cpu")
+    with pytest.raises(ConfigError, match="val_lengths"):
+        config.replace(task={"val_lengths": "50,x"})
+    with pytest.raises(ConfigError, match="data_fraction"):
+        config.replace(task={"data_fraction": 0.0})
 
 
 def test_outputs_and_the_hidden_hook():
