@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 from .figure import Figure, View
 from .layout import apply_layout, set_caption
 from .rows import check_x, select
-from .style import SEQUENTIAL
+from .style import SEQUENTIAL, log_axis
 
 LOGGED = {"linreg_train": ("training set (logged)", "#444444"), "linreg": ("fresh sequences (logged)", "#1f77b4")}
 
@@ -87,7 +87,7 @@ def pcr_figure(table: pd.DataFrame, x: str = "step") -> go.Figure:
         fig.add_trace(go.Scatter(x=g[x], y=g.value, name=f"PCR_{m}", mode="lines+markers", line=dict(color=color),
                                  marker=dict(size=4)))
     fig.update_xaxes(title_text=_title(x))
-    fig.update_yaxes(title_text="mean (ŷ_model − ŷ_PCR_m)²", type="log", exponentformat="power")
+    fig.update_yaxes(log_axis(title_text="mean (ŷ_model − ŷ_PCR_m)²", exponentformat="power"))
     apply_layout(fig, "Which algorithm the model runs: distance to PCR with m components")
     return set_caption(fig, "Mean squared difference between the model's predictions and those of principal-component "
                        "regression with the top m eigen-directions of Λ (m = 0: predicting 0), on fresh sequences at "
