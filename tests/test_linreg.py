@@ -138,6 +138,8 @@ def test_tiny_preset_trains_resumes_analyzes_and_plots(tmp_path):
     assert set(table.metric) >= {"loss", "plateau_loss", "pcr_distance", "kq_overlap", "key_overlap"}
     figs, _ = plots.figures(table, run.metrics)
     assert {"linreg_loss", "linreg_eigen_overlap", "linreg_pcr_distance"} <= set(figs)
+    lines = sorted(shape.y0 for shape in figs["linreg_loss"].layout.shapes)
+    assert lines == pytest.approx(sorted(plateau_losses(config.task).tolist()))  # one dashed line per L(m)
     assert torch.equal(run.model(last).outputs(run.batches(None, 5, 0))[:, 0],
                        run.model(last)(run.batches(None, 5, 0)["linreg"].seqs))
 
