@@ -130,6 +130,15 @@ def test_bad_settings_are_one_line_errors():
         config.replace(task={"data_fraction": 0.0})
 
 
+def test_hidden_states_run_in_chunks_equal_one_pass(monkeypatch):
+    model = P.ParityRNN(P.ParityTaskConfig(hidden_size=8, init_gain=1.0))
+    bits = torch.randint(2, (5, 11), generator=torch.Generator().manual_seed(0))
+    scored = torch.rand(5, 11, generator=torch.Generator().manual_seed(1)) < 0.4
+    whole = model.hidden(bits)[scored]
+    monkeypatch.setattr(P, "CHUNK", 3)
+    torch.testing.assert_close(model.hidden_at(bits, scored), whole)
+
+
 def test_outputs_and_the_hidden_hook():
     model = parity_rnn()
     batches = P.make_batches(model.task, 16, 0)
