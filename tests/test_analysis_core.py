@@ -318,9 +318,12 @@ def test_every_analysis_module_declares_one_record():
     assert list(records) == ["behavior", "attention", "composition", "ablation", "path_patching", "clamping",
                              "paper_checks", "llc", "automaton", "circuit", "edges", "linreg", "strategy", "trajectory"]
     assert all(r.version >= 1 and r.summary for r in records.values())
-    assert [n for n, r in records.items() if r.opt_in is True] == ["llc"]
-    assert [n for n, r in records.items() if r.opt_in_on(("tokens",))] == ["path_patching", "llc"]
-    assert an.default_analyses() == [n for n in records if n not in ("llc", "strategy")]  # strategy: markov runs
+    assert [n for n, r in records.items() if r.opt_in is True] == ["llc", "circuit", "edges", "trajectory"]
+    assert [n for n, r in records.items() if r.opt_in_on(("tokens",))] == ["path_patching", "llc", "circuit", "edges",
+                                                                           "trajectory"]
+    other_models = ("automaton", "linreg", "strategy")  # the parity, linreg and Markov tasks' own analyses
+    assert an.default_analyses() == [n for n in records if n not in ("llc", "circuit", "edges", "trajectory")
+                                     + other_models]
 
 
 def test_options_are_typed_and_checked():

@@ -16,21 +16,25 @@ import torch
 
 import coopinterp as ci
 import coopinterp.analysis as an
+from coopinterp.errors import ConfigError
 from coopinterp.runs import open_run
 
 GOLDEN = Path(__file__).with_name("golden.json")
 N, SEED = 32, 0
 OPTIONS = {"llc": {"chains": 2, "draws": 4, "burnin": 2, "batch_size": 16}}
+SOURCES = {"edges": "induction", "circuit": "induction"}  # the analyses that read contrastive pairs
+NATIVE_REFUSED = ("edges", "circuit")  # per-head hooks the Markov model's native bridge lacks (test below)
 KEYS = ["metric", "evaluator", "layer", "head", "src_layer", "src_head", "component"]
 
 
-def rows_of(run, step: int, cache_dir: Path) -> dict[str, dict]:
+def rows_of(run, step: int, cache_dir: Path, refused: tuple[str, ...] = ()) -> dict[str, dict]:
     out = {}
     for name, record in an.registry().items():
-        if not record.applies(run.model_kinds):
+        if not record.applies(run.model_kinds) or name in refused:
             continue
         df = an.analyze(run, [name], steps=[step], n=N, seed=SEED, progress=False, cache_dir=cache_dir,
-                        options={name: OPTIONS[name]} if name in OPTIONS else None, recompute=True)
+                        options={name: OPTIONS[name]} if name in OPTIONS else None, recompute=True,
+                        source=SOURCES.get(name))
         df = df[KEYS + ["value"]].astype(object).where(df[KEYS + ["value"]].notna(), None)
         records = sorted(df.values.tolist(), key=lambda r: json.dumps(r[:-1], default=str))
         out[name] = {"version": record.version, "rows": records}
@@ -42,7 +46,7 @@ def current(tiny_run_path: Path, planted_path: Path, markov_path: Path, cache_di
     planted = open_run(planted_path)
     return {"tiny": rows_of(tiny, tiny.steps[-1], cache_dir / "tiny"),
             "planted_gpt2": rows_of(planted, planted.steps[-1], cache_dir / "planted"),
-            "markov_tiny": rows_of(markov, markov.steps[-1], cache_dir / "markov")}
+            "markov_tiny": rows_of(markov, markov.steps[-1], cache_dir / "markov", NATIVE_REFUSED)}
 
 
 def describe(key: list) -> str:
@@ -127,6 +131,13 @@ def test_every_analysis_matches_its_golden_values(tiny_run, planted_path, markov
     want = json.loads(GOLDEN.read_text())
     problems = check(current(tiny_run.path, planted_path, markov_path, tmp_path), want)
     assert not problems, "\n".join(problems)
+
+
+def test_edges_refuse_the_native_bridge_in_one_line(markov_path, tmp_path):
+    run = ci.load_run(markov_path)
+    for name in NATIVE_REFUSED:
+        with pytest.raises(ConfigError, match="need per-head results and q/k/v inputs"):
+            an.analyze(run, [name], steps=[run.steps[-1]], n=4, progress=False, cache_dir=tmp_path, source="induction")
 
 
 def test_a_changed_row_under_the_same_version_is_caught():

@@ -167,8 +167,13 @@ def split_forward(model: TokenModel) -> Iterator[None]:
     bridge = model.bridge
     saved = {flag: bool(getattr(bridge.cfg, flag, False)) for flag in FLAGS}
     try:
-        bridge.set_use_attn_result(True)
-        bridge.set_use_split_qkv_input(True)
+        try:
+            bridge.set_use_attn_result(True)
+            bridge.set_use_split_qkv_input(True)
+        except NotImplementedError:  # transformer-lens's generic attention (boot_native, e.g. the Markov task's model)
+            raise ConfigError(f"edges and circuit need per-head results and q/k/v inputs, which transformer-lens "
+                              f"gives Hugging Face architectures but not this model's "
+                              f"{type(bridge.blocks[0].attn).__name__}") from None
         bridge.set_use_hook_mlp_in(True)
         yield
     finally:
