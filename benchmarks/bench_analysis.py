@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,9 @@ import coopinterp as ci
 from coopinterp.analysis import ablation, eval_batches, patching
 from coopinterp.checkpoints import checkpoint_path
 from coopinterp.task import accuracy, loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import hooked_reference as reference  # noqa: E402  (the transformer-lens references live beside the tests)
 
 
 def key(analysis: str, row: dict) -> tuple:
@@ -69,16 +73,16 @@ def hooked(model: ci.CoopModel, batches: dict[str, ci.Batch]) -> dict[tuple, flo
     names = list(range(H)) + [None]
     for ev, batch in batches.items():
         for mode in ablation.MODES:
-            values = ablation.hooked_replacements(model, batch, mode)
+            values = ablation.z_replacements(model, batch, mode)
             for layer, head in ablation.all_heads(model.cfg):
-                logits = ablation.ablate_hooked(model, batch, [(layer, head)], values)
+                logits = reference.ablate_hooked(model, batch, [(layer, head)], values)
                 record("ablation", logits, batch, layer=layer, head=head, component=mode)
-        values = ablation.hooked_replacements(model, batch, "mean")[0]
+        values = ablation.z_replacements(model, batch, "mean")[0]
         for sender, src in zip(groups, names):
-            inputs = patching.sender_inputs_hooked(model, batch, sender, values)
+            inputs = reference.sender_inputs_hooked(model, batch, sender, values)
             for receiver, dst in zip(groups, names):
                 for comp in patching.COMPONENTS:
-                    logits = patching.receive_hooked(model, batch, receiver, comp, inputs)
+                    logits = reference.receive_hooked(model, batch, receiver, comp, inputs)
                     record("path_patching", logits, batch, layer=1, head=dst, src_head=src, component=comp)
     return out
 

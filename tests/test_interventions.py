@@ -7,6 +7,7 @@ from transformer_lens.utilities import get_act_name
 from typer.testing import CliRunner
 
 import coopinterp as ci
+import hooked_reference as reference
 from coopinterp.analysis import ablation as A
 from coopinterp.analysis import engine as E
 from coopinterp.analysis import clamping as C
@@ -175,8 +176,8 @@ def test_ablate_matches_one_hook_per_set(model, batches, mode):
     for ev in ("flip", "iwl"):
         batch = batches[ev]
         batched = A.ablate(model, batch, sets, mode)
-        values = A.hooked_replacements(model, batch, mode)
-        naive = torch.stack([A.ablate_hooked(model, batch, heads, values) for heads in sets])
+        values = A.z_replacements(model, batch, mode)
+        naive = torch.stack([reference.ablate_hooked(model, batch, heads, values) for heads in sets])
         torch.testing.assert_close(batched, naive, **TOL)
         assert (batched[:-1] - batched[-1]).abs().amax((1, 2)).min() > 1e-3  # every ablation changes something
 
@@ -200,14 +201,14 @@ def test_path_patching_matches_hooks(model, batches):
     for mode in ("mean", counterfactual):
         logits = E.Engine(model).logits(P.patched_hidden(model, batch, groups, groups, components, mode))
         if isinstance(mode, str):
-            values = A.hooked_replacements(model, batch, mode)[0]
+            values = A.z_replacements(model, batch, mode)[0]
         else:
             values = model.run_with_cache(mode, names_filter=[get_act_name("z", 0)])[1][get_act_name("z", 0)]
         for s in (0, 2, 3):
-            inputs = P.sender_inputs_hooked(model, batch, groups[s], values)
+            inputs = reference.sender_inputs_hooked(model, batch, groups[s], values)
             for r in (1, 3):
                 for c, comp in enumerate(components):
-                    naive = P.receive_hooked(model, batch, groups[r], comp, inputs)
+                    naive = reference.receive_hooked(model, batch, groups[r], comp, inputs)
                     torch.testing.assert_close(logits[c, s, r], naive, **TOL)
         assert (logits - model(batch)).abs().amax() > 1e-2
 
@@ -253,11 +254,11 @@ def test_direct_path_matches_hooks(model, batches, direct_path):
 def test_qkv_zero_check_with_direct_path_cut_matches_hooks(model, batches):
     """The paper's K/V/Q check: layer-0 outputs zeroed in layer 1's K, V or Q input only, direct path cut."""
     batch, every = batches["train"], list(range(model.cfg.n_heads))
-    values = A.hooked_replacements(model, batch, "zero")[0]
-    inputs = P.sender_inputs_hooked(model, batch, every, values)
+    values = A.z_replacements(model, batch, "zero")[0]
+    inputs = reference.sender_inputs_hooked(model, batch, every, values)
     acc, ce = P.path_patch(model, batch, [every], [every], ["q", "k", "v"], "zero", direct_path="cut").values()
     for c, comp in enumerate("qkv"):
-        naive = P.receive_hooked(model, batch, every, comp, inputs,
+        naive = reference.receive_hooked(model, batch, every, comp, inputs,
                                  extra_hooks=direct_path_hook(model, batch, "cut"))
         assert acc[c, 0, 0].item() == pytest.approx(accuracy(naive, batch).item())
         assert ce[c, 0, 0].item() == pytest.approx(loss(naive, batch).item(), abs=1e-5)
@@ -281,7 +282,7 @@ def test_copier_sweep_matches_hooks(model, batches):
     for head in ((1, 0), (1, 3)):
         scores = C.copier_sweep(model, batch, head, s=[0.0, 0.4, 1.0], metrics=E.METRICS)
         for i, s in enumerate([0.0, 0.4, 1.0]):
-            naive = C.copier_hooked(model, batch, head, s)
+            naive = reference.copier_hooked(model, batch, head, s)
             assert scores["acc"][i].item() == pytest.approx(accuracy(naive, batch).item())
             assert scores["loss"][i].item() == pytest.approx(loss(naive, batch).item(), abs=1e-5)
             assert scores["logit_diff"][i].item() == pytest.approx(naive_logit_diff(naive, batch).item(), abs=1e-5)
@@ -357,7 +358,7 @@ def test_clamp_matches_hooks(model, batches):
     for head, ablate in (((1, 2), None), ((1, 0), [(0, 1), (1, 3)])):
         scores = C.clamp_sweep(model, batch, head, s=[0.0, 0.3, 1.0], ablate=ablate)
         for i, s in enumerate([0.0, 0.3, 1.0]):
-            naive = C.clamp_hooked(model, batch, head, s, ablate=ablate)
+            naive = reference.clamp_hooked(model, batch, head, s, ablate=ablate)
             assert scores["acc"][i].item() == pytest.approx(accuracy(naive, batch).item())
             assert scores["loss"][i].item() == pytest.approx(loss(naive, batch).item(), abs=1e-5)
 

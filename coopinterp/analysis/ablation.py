@@ -1,7 +1,7 @@
 """Head ablations: every head alone (the `ablation` analysis) or any sets of heads together.
 
-The exemplar model runs on the batched engine, with a one-hook-per-set transformer-lens reference
-(`ablate_hooked`). A token model runs through the bridge's own `hook_z`, the ablated heads folded into the batch:
+The exemplar model runs on the batched engine (tests/hooked_reference.py holds it equal to one transformer-lens
+hooked forward per set). A token model runs through the bridge's own `hook_z`, the ablated heads folded into the batch:
 a forward of S x n sequences ablates S heads at once (`ablated_token_loss`), in chunks that bound the activations'
 memory, stopping at the final LayerNorm so that the loss unembeds a block of rows at a time. Rows: accuracy `acc`,
 `logit_diff` (target label minus the best other context label; not on iwl) and the ablated `loss` (token models:
@@ -207,26 +207,13 @@ def rows(model: CoopModel, batches: dict[str, Batch], options: Options = Options
     return out
 
 
-def hooked_replacements(model: CoopModel, batch: Batch, mode: str, seed: int = 0) -> Zs:
-    """Reference: each layer's `hook_z` replacement, from a TL cache of the clean run."""
+def z_replacements(model: CoopModel | TokenModel, batch: Batch | TokenBatch, mode: str, seed: int = 0) -> Zs:
+    """Each layer's `hook_z` replacement (engine.replacement), from a transformer-lens cache of the clean run: what
+    `coopinterp ablate` and the app write into the heads they ablate."""
     names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(batch, names_filter=names)
     return [replacement(cache[name], mode, seed) for name in names]
-
-
-@torch.no_grad()
-def ablate_hooked(model: CoopModel, batch: Batch, heads: Sequence[Head],
-                  values: Zs) -> Float[Tensor, "n labels"]:
-    """Reference: one TL forward with `hook_z` hooks writing `values` (from `hooked_replacements`) into `heads`."""
-    def write(z: Tensor, hook, layer: int) -> Tensor:
-        picked = [h for at, h in heads if at == layer]
-        z[:, :, picked] = values[layer][:, :, picked]
-        return z
-
-    layers = sorted({layer for layer, _ in heads})
-    return model.run_with_hooks(batch, fwd_hooks=[(get_act_name("z", layer), partial(write, layer=layer))
-                                                  for layer in layers])
 
 
 def headline(rows: pd.DataFrame) -> str:

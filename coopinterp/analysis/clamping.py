@@ -17,13 +17,11 @@ difference, which read only the context labels' logits (the loss over all labels
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.utilities import get_act_name
 
 from ..errors import ConfigError
 from ..model import CoopModel
@@ -86,34 +84,6 @@ def copier_sweep(model: CoopModel, batch: Batch, head: Head, s: Sequence[float] 
     return engine.score(engine.norm(engine.ln_final, out), batch, metrics)
 
 
-@torch.no_grad()
-def copier_hooked(model: CoopModel, batch: Batch, head: Head, s: float) -> Float[Tensor, "n labels"]:
-    """Reference: one TL forward that clamps `head`'s row, zeroes the other heads of its layer and feeds the
-    final LayerNorm that layer's attention output alone (no embedding path, no earlier layer)."""
-    layer, h = _check_last_layer(model, head)
-    row = clamp_row(batch, torch.tensor([s]))[0]
-    store: dict[str, Tensor] = {}
-
-    def clamp(pattern: Tensor, hook) -> Tensor:
-        pattern[:, h, -1] = row
-        return pattern
-
-    def zero_others(z: Tensor, hook) -> Tensor:
-        keep = torch.zeros(z.shape[2], dtype=torch.bool)
-        keep[h] = True
-        return torch.where(keep[:, None], z, torch.zeros_like(z))
-
-    def record(x: Tensor, hook) -> None:
-        store["attn_out"] = x.clone()
-
-    def only_head(x: Tensor, hook) -> Tensor:
-        return store["attn_out"]
-
-    return model.run_with_hooks(batch, fwd_hooks=[
-        (get_act_name("pattern", layer), clamp), (get_act_name("z", layer), zero_others),
-        (get_act_name("attn_out", layer), record), ("ln_final.hook_in", only_head)])
-
-
 def _others(model: CoopModel, head: Head, ablate: Sequence[Head] | None) -> list[Head]:
     layer, h = head
     return [(layer, o) for o in range(model.cfg.n_heads) if o != h] if ablate is None else list(ablate)
@@ -145,30 +115,6 @@ def clamp_sweep(model: CoopModel, batch: Batch, head: Head, s: Sequence[float] =
     values = [replacement(z, mode) for z in clean_z]
     hidden, _ = engine.forward(resid, edit_z=masked_edit(masks, values), edit_pattern=edit_pattern)
     return engine.score(hidden, batch, metrics)
-
-
-@torch.no_grad()
-def clamp_hooked(model: CoopModel, batch: Batch, head: Head, s: float, ablate: Sequence[Head] | None = None,
-                 mode: str = "mean") -> Float[Tensor, "n labels"]:
-    """Reference: one TL forward with a `hook_pattern` hook clamping the row and `hook_z` hooks ablating."""
-    layer, h = check_head(head, model.cfg)
-    others = _others(model, head, ablate)
-    names = [get_act_name("z", at) for at in range(model.cfg.n_layers)]
-    _, cache = model.run_with_cache(batch, names_filter=names)
-    row = clamp_row(batch, torch.tensor([s]))[0]
-
-    def clamp(pattern: Tensor, hook) -> Tensor:
-        pattern[:, h, -1] = row
-        return pattern
-
-    def ablate_z(z: Tensor, hook, at: int) -> Tensor:
-        picked = [o for al, o in others if al == at]
-        z[:, :, picked] = replacement(cache[names[at]], mode)[:, :, picked]
-        return z
-
-    hooks = [(get_act_name("pattern", layer), clamp)]
-    hooks += [(names[at], partial(ablate_z, at=at)) for at in sorted({al for al, _ in others})]
-    return model.run_with_hooks(batch, fwd_hooks=hooks)
 
 
 @torch.no_grad()

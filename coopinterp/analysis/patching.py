@@ -170,40 +170,6 @@ def rows(model: CoopModel, batches: dict[str, Batch], options: Options = Options
     return out
 
 
-@torch.no_grad()
-def sender_inputs_hooked(model: CoopModel, batch: Batch, senders: Sequence[int],
-                         values: Float[Tensor, "n pos head d_head"]) -> dict[str, Float[Tensor, "n pos head d_head"]]:
-    """Reference: one TL forward with the senders' `hook_z` set to `values`; records layer 1's hook_q/k/v.
-
-    The model itself recomputes layer 1's LayerNorm on the patched stream.
-    """
-    store: dict[str, Tensor] = {}
-
-    def patch(z: Tensor, hook) -> Tensor:
-        z[:, :, list(senders)] = values[:, :, list(senders)]
-        return z
-
-    def record(x: Tensor, hook, c: str) -> None:
-        store[c] = x.clone()
-
-    model.run_with_hooks(batch, fwd_hooks=[(get_act_name("z", 0), patch)]
-                         + [(get_act_name(c, 1), partial(record, c=c)) for c in COMPONENTS])
-    return store
-
-
-@torch.no_grad()
-def receive_hooked(model: CoopModel, batch: Batch, receivers: Sequence[int], component: str,
-                   inputs: dict[str, Float[Tensor, "n pos head d_head"]], extra_hooks=()) -> Float[Tensor, "n labels"]:
-    """Reference: one clean TL forward whose receivers take their `component` input(s) from `inputs`
-    (`extra_hooks`, e.g. a direct-path cut, run beside them)."""
-    def put(x: Tensor, hook, c: str) -> Tensor:
-        x[:, :, list(receivers)] = inputs[c][:, :, list(receivers)]
-        return x
-
-    hooks = [(get_act_name(c, 1), partial(put, c=c)) for c in component]
-    return model.run_with_hooks(batch, fwd_hooks=hooks + list(extra_hooks))
-
-
 def clean_acts(model: TokenModel, batch: TokenBatch) -> dict[str, Tensor]:
     """Every layer's clean `hook_z` and `hook_resid_pre` from one forward stopped before the unembedding."""
     names = [get_act_name(a, layer) for layer in range(model.cfg.n_layers) for a in ("z", "resid_pre")]

@@ -13,7 +13,8 @@ from transformer_lens.utilities import get_act_name
 from ..analysis.engine import Head, check_head, check_mode
 from ..errors import ConfigError
 from ..runs import Run
-from .kinds import Scores, scorer_for, z_replacements
+from ..analysis.ablation import z_replacements
+from .kinds import Scores, scorer_for
 
 
 class Explorer:

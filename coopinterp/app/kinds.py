@@ -12,26 +12,16 @@ from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.utilities import get_act_name
 
 from ..analysis.ablation import ablated_hidden, ablated_token_loss
-from ..analysis.engine import Engine, Head, replacement
+from ..analysis.engine import Engine, Head
 from ..errors import ConfigError
 from ..sources import TokenBatch
 from ..task import Batch
 
 Scores = dict[str, float]  # metric -> value on one batch
-Values = Callable[[], list[Tensor]]  # the batch's `z_replacements` in the chosen mode, computed once when first asked
-
-
-@torch.no_grad()
-def z_replacements(model, batch, mode: str, seed: int) -> list[Float[Tensor, "n pos head d_head"]]:
-    """Each layer's `hook_z` replacement, from a cache of the clean run (what `ablate` writes into ablated heads)."""
-    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
-    _, cache = model.run_with_cache(batch, names_filter=names)
-    return [replacement(cache[name], mode, seed) for name in names]
+Values = Callable[[], list[Tensor]]  # the batch's `ablation.z_replacements` in the chosen mode, computed once when first asked
 
 
 def position_labels(context_pairs: int) -> list[str]:

@@ -101,17 +101,12 @@ def _ablate_exemplar(run, step: int, model, batches: dict, chosen: list, heads: 
 
 def _ablate_tokens(run, step: int, model, batches: dict, chosen: list, heads: str, mode: str, seed: int) -> None:
     """A token model's next-token loss before and after ablating a set of heads together (through hook_z)."""
-    from transformer_lens.utilities import get_act_name
+    from ..analysis.ablation import ablated_token_loss, z_replacements
 
-    from ..analysis.ablation import ablated_token_loss
-    from ..analysis.engine import replacement
-
-    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
     table = _table(f"{run.name} step {step}: heads {heads} ablated ({mode})", ["source", "loss", "loss ablated",
                                                                               "change"])
     for ev, batch in batches.items():
-        _, cache = model.run_with_cache(batch, names_filter=names)
-        values = [replacement(cache[name], mode, seed) for name in names]
+        values = z_replacements(model, batch, mode, seed)
         clean, ablated = ablated_token_loss(model, batch, [[], chosen], values).tolist()
         table.add_row(ev, f"{clean:.4f}", f"{ablated:.4f}", f"{ablated - clean:+.4f}")
     console.print(table)
