@@ -184,8 +184,8 @@ def train(config: RunConfig, out_dir: str | Path, progress: bool = True, device:
     config.validate()
     device = resolve_device(device)
     out = Path(out_dir)
+    learner = task_of(config).learner(config, None, device)  # first: a config its task refuses leaves no directory
     prepare_run_dir(config, out)
-    learner = task_of(config).learner(config, None, device)
     run_loop(learner, config, [out], ResumeState(out).step(), progress, f"train {config.name}")
     return load_run(out)
 

@@ -118,10 +118,13 @@ def test_moore_minimisation_of_hand_written_automata():
     assert len(A.minimise(unreachable)) == 1
 
 
-def test_bad_settings_are_one_line_errors():
+def test_bad_settings_are_one_line_errors(tmp_path):
     config = ci.preset("parity-tiny")
     with pytest.raises(ConfigError, match="model section"):
         P.TASK.build_model(config.replace(model={"d_model": 32, "d_head": 4}))
+    with pytest.raises(ConfigError, match="model section"):
+        ci.train(config.replace(model={"d_model": 32, "d_head": 4}), tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()  # refused before its run directory is made
     with pytest.raises(ConfigError, match="own sequences"):
         P.TASK.batches(config.task, "repeated", 4, 0, "cpu")
     with pytest.raises(ConfigError, match="val_lengths"):
