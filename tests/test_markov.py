@@ -98,7 +98,7 @@ def test_seeds_train_as_single_runs(markov_run, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"task": {"kind": "tokens"}}, "unknown task kind .tokens.; choose from exemplar, markov"),
+    ({"task": {"kind": "tokens"}}, "unknown task kind .tokens.; choose from exemplar, linreg, markov, parity"),
     ({"task": {"n_states": 1}}, "n_states must be >= 2"),
     ({"task": {"dirichlet_alpha": 0.0}}, "dirichlet_alpha must be finite and > 0"),
 ])

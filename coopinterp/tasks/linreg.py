@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,10 +30,9 @@ from torch import Tensor
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from ..checkpoints import ResumeState, save_checkpoint
 from ..config import ModelConfig, RunConfig, TrainConfig, check
 from ..errors import ConfigError
-from ..learner import EVAL_SEED, Results
+from ..learner import EVAL_SEED, Results, SeedModels
 from ..model import check_weights_match
 
 ATTENTIONS = ("merged", "separate")
@@ -222,7 +220,7 @@ def check_model_section(config: RunConfig) -> None:
           "rank, init_scale); leave the `model` section at its defaults")
 
 
-class LinregSeeds:
+class LinregSeeds(SeedModels):
     """Linear-attention models of one config, one per seed, each trained by plain gradient descent (torch SGD
     without momentum) on its own fixed training set, or on its own stream of fresh sequences (`online`)."""
 
@@ -240,19 +238,6 @@ class LinregSeeds:
         """The fixed training set as what the forward reads: moments X Xᵀ / N, queries, targets."""
         batch = sample(self.config.task, self.config.train.batch_size, gen, "linreg_train")
         return moments(batch.seqs), batch.seqs[..., -1].clone(), batch.targets
-
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-    def load_state(self, j: int, run_dir: Path) -> int:
-        return ResumeState(run_dir).load(self.models[j], self.opts[j], self.gens[j])
-
-    def save_state(self, j: int, run_dir: Path, step: int) -> None:
-        ResumeState(run_dir).save(step, self.models[j], self.opts[j], self.gens[j])
-
-    def save_checkpoint(self, j: int, run_dir: Path, step: int) -> None:
-        t = self.config.train
-        save_checkpoint(run_dir, self.models[j], step, step * t.batch_size, t.checkpoint_dtype)
 
     def _train_data(self, j: int) -> tuple[Tensor, Tensor, Tensor]:
         if self.train_sets:

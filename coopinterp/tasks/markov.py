@@ -19,7 +19,6 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,11 +27,10 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..checkpoints import ResumeState, save_checkpoint
 from ..config import ModelConfig, RunConfig, TrainConfig, check
 from ..errors import ConfigError
 from ..fast_forward import attention_logits, bridge_weights
-from ..learner import EVAL_SEED, Results
+from ..learner import EVAL_SEED, Results, SeedModels
 from ..model import check_weights_match
 from ..sources import ModelShape, TokenBatch, source_key, token_batches
 from ..token_model import TokenModel
@@ -214,7 +212,7 @@ def next_token_loss(logits: Float[Tensor, "n pos vocab"], tokens: Int[Tensor, "n
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
 
 
-class MarkovSeeds:
+class MarkovSeeds(SeedModels):
     """Models of one config, one per seed, each with its own Adam and data generator (a training.Learner)."""
 
     def __init__(self, config: RunConfig, seeds: list[int], device: str):
@@ -224,19 +222,6 @@ class MarkovSeeds:
         self.models = [MarkovModel(config.task, config.model, seed=s).to(device) for s in seeds]
         self.opts = [torch.optim.Adam(m.parameters(), lr=config.train.lr) for m in self.models]
         self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-    def load_state(self, j: int, run_dir: Path) -> int:
-        return ResumeState(run_dir).load(self.models[j], self.opts[j], self.gens[j])
-
-    def save_state(self, j: int, run_dir: Path, step: int) -> None:
-        ResumeState(run_dir).save(step, self.models[j], self.opts[j], self.gens[j])
-
-    def save_checkpoint(self, j: int, run_dir: Path, step: int) -> None:
-        t = self.config.train
-        save_checkpoint(run_dir, self.models[j], step, step * t.batch_size, t.checkpoint_dtype)
 
     @torch.no_grad()
     def evaluate(self, batches: dict[str, MarkovBatch]) -> list[dict[str, dict[str, float]]]:

@@ -34,10 +34,9 @@ from torch import Tensor
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from ..checkpoints import ResumeState, save_checkpoint
 from ..config import ModelConfig, RunConfig, TrainConfig, check
 from ..errors import ConfigError
-from ..learner import EVAL_SEED, Results
+from ..learner import EVAL_SEED, Results, SeedModels
 from ..model import check_weights_match
 
 LONG_TOKENS = 200_000  # a validation batch of length L holds at most this many symbols (>= 16 sequences)
@@ -231,7 +230,7 @@ def training_batch(task: ParityTaskConfig, batch_size: int, seed: int, step: int
     return all_sequences(task.max_train_len)[rows, :length]
 
 
-class ParitySeeds:
+class ParitySeeds(SeedModels):
     """One ParityRNN per seed, each with its own SGD (a training.Learner); the data stream is a function of the
     step, so nothing but the weights needs saving to resume."""
 
@@ -244,19 +243,9 @@ class ParitySeeds:
         self.gens = [torch.Generator().manual_seed(s) for s in seeds]  # ResumeState's slot; the stream needs none
         self.step = 0
 
-    def __len__(self) -> int:
-        return len(self.seeds)
-
     def load_state(self, j: int, run_dir: Path) -> int:
-        self.step = ResumeState(run_dir).load(self.models[j], self.opts[j], self.gens[j])
+        self.step = super().load_state(j, run_dir)
         return self.step
-
-    def save_state(self, j: int, run_dir: Path, step: int) -> None:
-        ResumeState(run_dir).save(step, self.models[j], self.opts[j], self.gens[j])
-
-    def save_checkpoint(self, j: int, run_dir: Path, step: int) -> None:
-        t = self.config.train
-        save_checkpoint(run_dir, self.models[j], step, step * t.batch_size, t.checkpoint_dtype)
 
     @torch.no_grad()
     def evaluate(self, batches: dict[str, ParityBatch]) -> list[Results]:
