@@ -95,6 +95,7 @@ def _default_task():
 
 
 DEFAULT_KIND = "exemplar"  # a task section without `kind` (every run.json before format 3 that was not Markov)
+FORMAT_2_KINDS = ("exemplar", "markov")  # the tasks whose fields a run.json of format 1 or 2 holds, all together
 
 
 @dataclass(frozen=True)
@@ -171,9 +172,8 @@ def upgrade(config: dict[str, Any], version: int) -> dict[str, Any]:
         config = {**config, "train": {"forget_target": "label", **config.get("train", {})}}
     if version in (1, 2) and isinstance(config.get("task"), dict):  # drop the fields of the other tasks
         task = config["task"]
-        tasks = importlib.import_module("coopinterp.tasks").TASKS
         own = {f.name for f in fields(section_class(task.get("kind", DEFAULT_KIND)))}
-        others = {f.name for t in tasks.values() for f in fields(t.section)} - own
+        others = {f.name for kind in FORMAT_2_KINDS for f in fields(section_class(kind))} - own
         config = {**config, "task": {k: v for k, v in task.items() if k not in others}}
     return config
 

@@ -72,7 +72,7 @@ def test_the_import_walker_finds_a_planted_circle():
     assert cycle(edges) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": set()}) is None
     edges = graph()
-    assert "coopinterp.tasks.exemplar" in edges["coopinterp.tasks"]  # `from . import exemplar` is an edge
+    assert "coopinterp.cli.train" in edges["coopinterp.cli"]  # `from . import train` is an edge
     assert "coopinterp.runs" in edges["coopinterp.analysis.executors"]  # a lazy import inside a function too
 
 
@@ -91,6 +91,17 @@ def test_runs_and_tasks_import_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-c", "import coopinterp.runs, coopinterp.tasks"], capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_run_opens_without_the_other_tasks_models():
+    """The registry imports a task's module when its kind is first asked for: opening the demo (an exemplar run of
+    run.json format 2) loads neither the linreg nor the parity module, nor transformer-lens through them."""
+    code = ("import sys, coopinterp as ci; ci.load_run('checkpoints/demo'); "
+            "print(sorted(m for m in ('coopinterp.tasks.linreg', 'coopinterp.tasks.parity', 'transformer_lens') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_no_kind_branch_outside_runs_and_tasks():
