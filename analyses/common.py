@@ -5,6 +5,7 @@ import argparse
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -83,6 +84,34 @@ def analyze(run, analyses: list[str], steps: list[int], n: int = N, progress: bo
 
     return ci.analyze(run, analyses, steps=steps, n=n, progress=progress,
                       cache_dir=Path(tempfile.gettempdir()) / "coopinterp-analyses" / run.name)
+
+
+def sweep_and_analyze(spec: dict, runs: Path, analysis: str, n: int, tag: Callable[[str, object], dict],
+                      workers: int = 1, ray: str | None = None, analyze_workers: int | None = None,
+                      cache: str = "coopinterp-analyses") -> tuple[pd.DataFrame, float]:
+    """Train every run of a sweep grid where missing, then one analysis of each (cached in a temporary folder per
+    run); its rows with the columns `tag(name, config)` gives, and the sweep's wall time. A failed run ends the
+    script with its error."""
+    import time
+
+    import coopinterp as ci
+    from coopinterp.sweep import expand, run_sweep
+    from coopinterp.tables import concat
+
+    t0 = time.perf_counter()
+    results = run_sweep(spec, runs, workers=workers, ray_address=ray, device="cpu",
+                        on_result=lambda r: print(f"{r.status} {r.name} ({r.seconds:.0f} s)", flush=True))
+    seconds = time.perf_counter() - t0
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        sys.exit(f"{len(failed)} runs failed: {failed[0].name}: {failed[0].error}")
+    tables = []
+    for name, config in expand(spec):
+        extra = {} if analyze_workers is None else {"workers": analyze_workers}
+        table = ci.analyze(ci.load_run(runs / name), [analysis], n=n, progress=False,
+                           cache_dir=Path(tempfile.gettempdir()) / cache / name, **extra)
+        tables.append(table.assign(run=name, **tag(name, config)))
+    return concat(tables), seconds
 
 
 def attention_over_training(args: argparse.Namespace):

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from common import REPO, save  # noqa: E402  (sets sys.path and the thread policy)
+from common import REPO, save, sweep_and_analyze  # noqa: E402  (sets sys.path and the thread policy)
 
 from coopinterp.predictors import NAMES  # noqa: E402
 from coopinterp.tables import concat, read_table, write_table  # noqa: E402
@@ -40,23 +38,7 @@ LABELS = {"uni_ret": "unigram, retrieved", "uni_inf": "unigram, inferred", "bi_r
 
 def train_and_analyze(spec: dict, runs: Path, ray: str | None) -> tuple[pd.DataFrame, float]:
     """Every run of the grid (trained where missing) and its strategy rows, and the sweep's wall time."""
-    import coopinterp as ci
-    from coopinterp.sweep import expand, run_sweep
-
-    t0 = time.perf_counter()
-    results = run_sweep(spec, runs, workers=1, ray_address=ray, device="cpu",
-                        on_result=lambda r: print(f"{r.status} {r.name} ({r.seconds:.0f} s)", flush=True))
-    seconds = time.perf_counter() - t0
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        sys.exit(f"{len(failed)} runs failed: {failed[0].name}: {failed[0].error}")
-    tables = []
-    for name, _ in expand(spec):
-        run = ci.load_run(runs / name)
-        table = ci.analyze(run, ["strategy"], n=N, progress=False,
-                           cache_dir=Path(tempfile.gettempdir()) / "coopinterp-analyses" / name)
-        tables.append(table.assign(run=name))
-    return concat(tables), seconds
+    return sweep_and_analyze(spec, runs, "strategy", N, ray=ray, tag=lambda name, config: {})
 
 
 def ship(runs: Path, table: pd.DataFrame, dest: Path) -> None:

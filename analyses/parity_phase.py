@@ -12,18 +12,15 @@ sequences. Run again, it skips the trained runs and reads the cached analyses (s
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from common import REPO, save  # noqa: E402  (sets sys.path and the thread policy)
+from common import REPO, save, sweep_and_analyze  # noqa: E402  (sets sys.path and the thread policy)
 
-from coopinterp.tables import concat  # noqa: E402
 
 GRID = {"base": "parity", "set": {"train.n_checkpoints": 12, "train.eval_every": 2_100},
         "grid": {"task.init_gain": [0.1, 0.4, 1.0], "task.data_fraction": [0.2, 0.5, 1.0]}}
@@ -33,23 +30,10 @@ N = 100  # validation sequences per length (fewer at the longest lengths: tasks/
 
 def train_and_analyze(spec: dict, runs: Path, workers: int) -> tuple[pd.DataFrame, float]:
     """The automaton rows of every run of the grid (trained where missing), and the sweep's wall time."""
-    import coopinterp as ci
-    from coopinterp.sweep import expand, run_sweep
-
-    t0 = time.perf_counter()
-    results = run_sweep(spec, runs, workers=workers, device="cpu",
-                        on_result=lambda r: print(f"{r.status} {r.name} ({r.seconds:.0f} s)", flush=True))
-    seconds = time.perf_counter() - t0
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        sys.exit(f"{len(failed)} runs failed: {failed[0].name}: {failed[0].error}")
-    tables = []
-    for name, config in expand(spec):
-        run = ci.load_run(runs / name)
-        table = ci.analyze(run, ["automaton"], n=N, progress=False, workers=1,
-                           cache_dir=Path(tempfile.gettempdir()) / "coopinterp-parity-phase" / name)
-        tables.append(table.assign(run=name, gain=config.task.init_gain, fraction=config.task.data_fraction))
-    return concat(tables), seconds
+    return sweep_and_analyze(spec, runs, "automaton", N, workers=workers, analyze_workers=1,
+                             cache="coopinterp-parity-phase",
+                             tag=lambda name, config: {"gain": config.task.init_gain,
+                                                       "fraction": config.task.data_fraction})
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
