@@ -308,14 +308,8 @@ def exact_scores(model: TokenModel, graph: Graph, ends: list[Endpoints],
     """metric(one edge corrupted) - metric(clean) of every edge: its receiver input plus the sender's
     corrupted-minus-clean output, everything else computed (one copy of the pairs per edge)."""
     edges = graph.edges.to(ends[0].clean.device)
-    change = torch.zeros(len(edges), device=edges.device)
-    n = sum(len(e.pairs) for e in ends)
-    for e in ends:
-        per_call = max(1, rows_per_call(model, graph, e.pairs.clean.shape[1]) // len(e.pairs))
-        for first in range(0, len(edges), per_call):
-            cut = edges[first:first + per_call]
-            change[first:first + len(cut)] = (one_edge(model, graph, e, cut, metric)
-                                              - e.clean_metric).sum(-1) / n
+    change = per_copy_mean(model, graph, ends, edges,
+                           lambda e, cut: one_edge(model, graph, e, cut, metric) - e.clean_metric)
     scores = torch.zeros(graph.valid.shape, device=edges.device)
     scores[edges[:, 0], edges[:, 1]] = change
     return scores
@@ -347,13 +341,20 @@ def circuit_metrics(model: TokenModel, graph: Graph, ends: list[Endpoints],
     """The mean metric of each circuit: every edge outside it carries its sender's corrupted output, everything
     else is computed (several circuits per forward, each on its own copy of the pairs)."""
     absent = (graph.valid.to(keep.device) & ~keep).to(ends[0].clean.dtype)
-    out = torch.zeros(len(keep), device=keep.device)
+    return per_copy_mean(model, graph, ends, absent, lambda e, cut: patched(model, graph, e, cut, metric))
+
+
+def per_copy_mean(model: TokenModel, graph: Graph, ends: list[Endpoints], variants: Tensor,
+                  run: Callable[[Endpoints, Tensor], Float[Tensor, "copy n"]]) -> Float[Tensor, " variant"]:
+    """Each variant's value (an edge corrupted, a circuit kept) averaged over every pair: `run(e, cut)` evaluates
+    the variants of `cut` on one copy of e's pairs each, as many copies per forward as fit in memory."""
+    out = torch.zeros(len(variants), device=variants.device)
     n = sum(len(e.pairs) for e in ends)
     for e in ends:
         per_call = max(1, rows_per_call(model, graph, e.pairs.clean.shape[1]) // len(e.pairs))
-        for first in range(0, len(keep), per_call):
-            cut = absent[first:first + per_call]
-            out[first:first + len(cut)] = patched(model, graph, e, cut, metric).sum(-1) / n
+        for first in range(0, len(variants), per_call):
+            cut = variants[first:first + per_call]
+            out[first:first + len(cut)] = run(e, cut).sum(-1) / n
     return out
 
 
