@@ -61,6 +61,41 @@ def test_sequences_follow_the_task():
     assert torch.allclose((batch.seqs[:2, :3, -1] * w[..., 0]).sum(1), batch.targets[:2], atol=1e-4)
 
 
+def test_white_spectrum_is_identity_over_d_and_old_configs_read_as_the_paper_one():
+    white = LinregTaskConfig(dim=3, context=4, heads=3, spectrum="white")
+    values, vectors = spectrum(white)
+    assert torch.equal(values, torch.full((3,), 1 / 3, dtype=torch.float64))
+    assert torch.allclose(covariance(white), torch.eye(3, dtype=torch.float64) / 3, atol=1e-12)
+    x = draw(white, 40_000).seqs[:, :3].transpose(1, 2).reshape(-1, 3).double()
+    assert torch.allclose(x.T @ x / len(x), torch.eye(3, dtype=torch.float64) / 3, atol=0.01)
+    assert torch.equal(spectrum(dataclasses.replace(white, spectrum="paper"))[1], vectors)  # same rotation
+    merged, merged_white = ci.preset("linreg-merged").to_dict(), ci.preset("linreg-merged-white").to_dict()
+    assert merged_white["task"] == {**merged["task"], "spectrum": "white"} and merged_white["train"] == merged["train"]
+    old = ci.preset("linreg-merged").to_dict()
+    del old["task"]["spectrum"]  # a run.json written before the field existed
+    assert ci.RunConfig.from_dict(old).task.spectrum == "paper"
+    with pytest.raises(ConfigError, match="spectrum must be one of"):
+        ci.preset("linreg-tiny").replace(task={"spectrum": "pink"})
+
+
+def test_merged_optimum_for_white_spectrum_has_the_loss_d_plus_1_over_n_plus_d_plus_1():
+    """ATTN_M's converged loss for Λ = I / D: one head with W^KQ's x-block c I, c = 1 / (λ (1 + (1 + D) / N)),
+    is PCR_D, whose loss is L(D) = (D + 1) / (N + D + 1) (tr Λ = 1)."""
+    task = LinregTaskConfig(dim=4, context=31, attention="merged", heads=1, rank=None, spectrum="white")
+    D, N = task.dim, task.context
+    L = plateau_losses(task)
+    assert L[-1].item() == pytest.approx((D + 1) / (N + D + 1))
+    model = LinearAttention(task).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.W_V[0, D, D] = 1.0
+        model.W_KQ[0, :D, :D] = torch.eye(D) / ((1 / D) * (1 + (1 + D) / N))
+    batch = draw(task, 30_000, seed=4)
+    errors = (model(batch.seqs.double()) - batch.targets.double()).pow(2)
+    assert abs(errors.mean() - L[-1]) < 4 * errors.std() / len(errors) ** 0.5, (errors.mean().item(), L[-1].item())
+
+
 def pcr_model(task: LinregTaskConfig, m: int) -> LinearAttention:
     """ATTN_S with rank-1 heads set to PCR_m: head d < m reads y (value), u_d (key), c_d u_d (query); others zero."""
     model = LinearAttention(task).double()

@@ -4,7 +4,8 @@ A sequence is the (D+1) x (N+1) matrix X = [[x_1 ... x_N, x_q], [y_1 ... y_N, 0]
 w ~ N(0, I_D) drawn per sequence and y = wᵀx (no noise); the model reads its prediction of y_q = wᵀx_q at the
 query's y slot and is scored by the squared error (the mean of (y_q - ŷ_q)², no factor 1/2: the paper's plateau
 formula, analysis/linreg.py's `plateau_losses`, uses the same convention). Λ = Q diag(1, ..., D) Qᵀ / tr, Q a random rotation fixed by the
-task seed (so tr Λ = 1). Training is the paper's: full-batch gradient descent on P = `train.batch_size` fixed
+task seed (so tr Λ = 1); `spectrum="white"` makes it I / D instead (the reference code's --white_cov, the case of the
+paper's ATTN_M time course). Training is the paper's: full-batch gradient descent on P = `train.batch_size` fixed
 sequences drawn from the training seed (`online`: P fresh sequences every step instead).
 
 The model (`LinearAttention`) is multi-head linear self-attention without softmax,
@@ -36,6 +37,7 @@ from ..learner import EVAL_SEED, Results, SeedModels
 from ..model import check_weights_match
 
 ATTENTIONS = ("merged", "separate")
+SPECTRA = ("paper", "white")  # Λ's eigenvalues: ∝ D, D-1, ..., 1 (the paper's figures), or all equal (Λ = I / D)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class LinregTaskConfig:
     init_scale: float = 0.01  # merged: every weight ~ N(0, init²); separate: N(0, init² / entries of its matrix)
     online: bool = False  # P fresh sequences every step instead of one fixed set of P
     seed: int = 0  # seeds Λ's rotation
+    spectrum: str = "paper"  # Λ's eigenvalues: "paper" ∝ D..1, or "white" (Λ = I / D); both with tr Λ = 1
     kind: str = "linreg"  # the task section's tag (coopinterp.tasks)
 
     @property
@@ -61,6 +64,7 @@ class LinregTaskConfig:
         check(self.dim >= 1, f"dim must be >= 1, got {self.dim}")
         check(self.context >= 1, f"context must be >= 1, got {self.context}")
         check(self.attention in ATTENTIONS, f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        check(self.spectrum in SPECTRA, f"spectrum must be one of {SPECTRA}, got {self.spectrum!r}")
         check(self.heads >= 1, f"heads must be >= 1, got {self.heads}")
         check(self.init_scale > 0 and math.isfinite(self.init_scale), f"init_scale must be > 0, got {self.init_scale}")
         if self.attention == "merged":
@@ -81,10 +85,14 @@ def _rotation(dim: int, seed: int) -> Tensor:
 
 
 def spectrum(task: LinregTaskConfig) -> tuple[Float[Tensor, " D"], Float[Tensor, "D D"]]:
-    """Λ's eigenvalues in descending order (λ_d = (D + 1 - d) / tr, d = 1..D) and its unit eigenvectors as
-    columns in the same order, float64."""
+    """Λ's eigenvalues in descending order (λ_d = (D + 1 - d) / tr, d = 1..D; all 1 / D for spectrum "white") and
+    its unit eigenvectors as columns in the same order, float64 (for "white", the same rotation's columns: any basis
+    is one)."""
     D = task.dim
-    values = torch.arange(D, 0, -1, dtype=torch.float64) / (D * (D + 1) / 2)
+    if task.spectrum == "white":
+        values = torch.full((D,), 1.0 / D, dtype=torch.float64)
+    else:
+        values = torch.arange(D, 0, -1, dtype=torch.float64) / (D * (D + 1) / 2)
     return values, _rotation(D, task.seed).flip(1).clone()
 
 
@@ -284,6 +292,13 @@ PRESETS: dict[str, RunConfig] = {
                                                                init_scale=1e-6 * N_PAPER ** 0.5),
                              steps=6_000, batch_size=5_000, lr=1e-3 * N_PAPER, n_checkpoints=48, eval_every=20,
                              eval_n=4_096),
+    # The same with Λ = I / D (repo: --white_cov), the case of the paper's ATTN_M time course (eq. 10): one drop,
+    # from tr Λ = 1 to (D + 1) / (N + D + 1), at the step docs/linreg.md derives.
+    "linreg-merged-white": _preset("linreg-merged-white",
+                                   LinregTaskConfig(attention="merged", heads=8, rank=None, spectrum="white",
+                                                    init_scale=1e-6 * N_PAPER ** 0.5),
+                                   steps=6_000, batch_size=5_000, lr=1e-3 * N_PAPER, n_checkpoints=48,
+                                   eval_every=20, eval_n=4_096),
     # ATTN_S rank 1, repo: --model attnS --head 5 --lr 0.02 (init 0.01, 10,001 epochs, P 5,000; P 80,000 as the
     # rank sweep): one drop per principal component, in order; the fourth (λ 0.1) comes at ~37,000 steps.
     "linreg-separate": _preset("linreg-separate", LinregTaskConfig(heads=5, rank=1, init_scale=0.01 * SEPARATE_INIT),
