@@ -15,6 +15,7 @@ import torch
 
 from coopinterp.analysis import circuit as C
 from coopinterp.analysis import graph as G
+from coopinterp.analysis.head_qkv import HeadQKV
 from coopinterp.analysis.edges import token_rows as edge_rows
 from coopinterp.errors import ConfigError
 from coopinterp.runs import open_run
@@ -159,3 +160,22 @@ def test_jaccard_over_training_of_hand_made_circuits():
     assert edges[(2, "previous", True)] == pytest.approx(0.5 / 1.5)  # min: 0.5 on edge 0; max: .25 + .75 + .5
     assert edges[(1, "final", True)] == pytest.approx(0.5 / (0.25 + 0.75 + 0.5))
     assert edges[(3, "final", False)] == 1 and (2, "previous", False) in edges and (1, "previous", False) not in edges
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "neox", "llama"])
+def test_plain_forwards_rebuild_heads_as_the_split_forward_does(arch, tmp_path, monkeypatch):
+    model = booted(tiny(arch), tmp_path / "step1")
+    pairs, graph = pairs_for(model, 6, 8), G.Graph.of(model)
+    with G.split_forward(model):
+        plain = G.endpoints(model, graph, pairs, "logit_diff")
+        with monkeypatch.context() as patch:  # a rebuild that does not match its forward: the split forward
+            patch.setattr(HeadQKV, "matches", lambda *args: False)
+            split = G.endpoints(model, graph, pairs, "logit_diff")
+        assert plain[0].heads is not None and split[0].heads is None
+        ig = [G.gradient_scores(model, graph, ends, 2, "logit_diff") for ends in (plain, split)]
+        order = C.greedy_order(graph, ig[1][graph.edges[:, 0], graph.edges[:, 1]])
+        keeps = C.keep(graph, order, [1, 5, 20, 60, len(order) - 3])
+        metrics = [G.circuit_metrics(model, graph, ends, keeps, "logit_diff") for ends in (plain, split)]
+    assert (ig[0] - ig[1]).abs().max() <= 1e-7 and ig[1].abs().max() > 1e-3
+    assert metrics[0].tolist() == pytest.approx(metrics[1].tolist(), abs=1e-6)
+    assert metrics[1].std() > 1e-4  # the circuits differ

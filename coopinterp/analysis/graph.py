@@ -34,10 +34,12 @@ from ..contrast import ContrastBatch, contrasts, prob_diff
 from ..errors import ConfigError
 from ..token_model import TokenModel
 from .forwards import stopped_at
+from .head_qkv import HeadQKV
 
 Method = Literal["eap_ig", "eap", "exact"]
 Metric = Literal["logit_diff", "prob_diff"]
 COMPONENTS = ("q", "k", "v", "mlp", "logits")
+HEAD_COMPONENTS = ("q", "k", "v")
 ELEMENTS_PER_CALL = 1 << 26  # floats of one forward's per-sender buffer [sender, prompts, pos, d_model] (256 MB)
 FLAGS = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
 
@@ -183,14 +185,15 @@ def split_forward(model: TokenModel) -> Iterator[None]:
 
 
 @contextmanager
-def shared_qkv_input(model: TokenModel) -> Iterator[None]:
-    """Inside split_forward, a block whose forwards edit no head's input: the heads read one stream (the
-    per-head copies and LayerNorms make a forward ~2x slower)."""
-    model.bridge.set_use_split_qkv_input(False)
+def plain_forward(model: TokenModel, plain: bool = True) -> Iterator[None]:
+    """Inside split_forward, a block (if `plain`) whose forwards give the heads one shared input stream."""
+    if plain:
+        model.bridge.set_use_split_qkv_input(False)
     try:
         yield
     finally:
-        model.bridge.set_use_split_qkv_input(True)
+        if plain:
+            model.bridge.set_use_split_qkv_input(True)
 
 
 def metric_values(model: TokenModel, hidden: Float[Tensor, "n pos d_model"], pairs: ContrastBatch,
@@ -236,13 +239,32 @@ def sender_hooks(graph: Graph, write: Callable[[slice, Tensor], None]) -> list[t
     return hooks
 
 
-def receiver_hooks(graph: Graph, edit: Callable[[Tensor, int, str], Tensor]) -> list[tuple[str, Callable]]:
-    """Hooks that replace every receiver input x ([n pos receiver d_model] for q/k/v, [n pos d_model] for an MLP
-    and the logits) by `edit(x, layer, component)`."""
+def receiver_hooks(graph: Graph, edit: Callable[[Tensor, int, str], Tensor],
+                   components: Sequence[str] = COMPONENTS) -> list[tuple[str, Callable]]:
+    """Hooks that replace every receiver input x of `components` ([n pos receiver d_model] for q/k/v, which needs
+    the split forward, [n pos d_model] for an MLP and the logits) by `edit(x, layer, component)`."""
     def hook(layer: int, component: str) -> Callable:
         return lambda x, hook: edit(x, layer, component)
 
-    return [(receiver_hook(layer, component), hook(layer, component)) for layer, component in graph.columns]
+    return [(receiver_hook(layer, component), hook(layer, component)) for layer, component in graph.columns
+            if component in components]
+
+
+def head_hooks(graph: Graph, edit: Callable[[Tensor, int, str], Tensor],
+               stream: Callable[[Tensor, int], None]) -> list[tuple[str, Callable]]:
+    """For the plain forward (head_qkv.py): hooks that hand each layer's input stream to `stream(x, layer)` and
+    replace each head output y of q/k/v ([n pos head d_head]) by `edit(y, layer, component)`."""
+    def hook(layer: int, component: str) -> Callable:
+        return lambda y, hook: edit(y, layer, component)
+
+    def record(layer: int) -> Callable:
+        return lambda x, hook: stream(x, layer)
+
+    out = []
+    for layer in range(graph.n_layers):
+        out.append((f"blocks.{layer}.hook_resid_pre", record(layer)))
+        out += [(f"blocks.{layer}.attn.hook_{c}", hook(layer, c)) for c in HEAD_COMPONENTS]
+    return out
 
 
 def input_key(layer: int, component: str) -> tuple[int, str]:
@@ -252,8 +274,9 @@ def input_key(layer: int, component: str) -> tuple[int, str]:
 
 @dataclass
 class Endpoints:
-    """One group of pairs: every sender's output on the clean and the corrupted prompts, their metrics, and every
-    receiver input on the corrupted prompts."""
+    """One group of pairs: every sender's output on the clean and the corrupted prompts, their metrics, every
+    receiver input and (plain forwards) every head's q/k/v on the corrupted prompts, and how the edge forwards give
+    heads their own inputs: rebuilt by `heads` in a plain forward, or (None) the bridge's split forward."""
 
     pairs: ContrastBatch
     clean: Float[Tensor, "sender n pos d_model"]
@@ -261,41 +284,62 @@ class Endpoints:
     clean_metric: Float[Tensor, " n"]
     corrupted_metric: Float[Tensor, " n"]
     corrupted_inputs: dict[tuple[int, str], Float[Tensor, "n pos d_model"]]  # by input_key
+    corrupted_heads: dict[tuple[int, str], Float[Tensor, "n pos head d_head"]]
+    heads: HeadQKV | None
 
 
 @torch.no_grad()
 def sender_outputs(model: TokenModel, graph: Graph, tokens: Int[Tensor, "n pos"], pairs: ContrastBatch,
-                   metric: Metric, inputs: bool = True) -> tuple[Float[Tensor, "sender n pos d_model"], Float[Tensor, " n"],
-                                            dict[tuple[int, str], Float[Tensor, "n pos d_model"]]]:
-    """Every sender's output, each pair's metric and (`inputs`) every receiver input by input_key, from one forward
-    on `tokens`."""
+                   metric: Metric, record: bool, heads: HeadQKV | None) -> tuple[
+                       Float[Tensor, "sender n pos d_model"], Float[Tensor, " n"], dict, dict]:
+    """Every sender's output and each pair's metric from one forward on `tokens` and, with `record`, every receiver
+    input by input_key and (a plain forward, `heads` given) every head's q/k/v."""
     out = torch.empty(len(graph.senders), *tokens.shape, model.cfg.d_model, device=tokens.device)
-    received = {}
+    inputs, outputs = {}, {}
 
     def write(senders: slice, x: Tensor) -> None:
         out[senders] = x
 
     def read(x: Tensor, layer: int, component: str) -> Tensor:
         key = input_key(layer, component)
-        if key not in received:  # every head's copy of an unpatched stream is the same
-            received[key] = (x[:, :, 0] if x.ndim == 4 else x).clone()
+        if key not in inputs:  # every head's copy of an unpatched stream is the same
+            inputs[key] = (x[:, :, 0] if x.ndim == 4 else x).clone()
         return x
 
-    hooks = sender_hooks(graph, write) + (receiver_hooks(graph, read) if inputs else [])
+    def keep_output(y: Tensor, layer: int, component: str) -> Tensor:
+        outputs[(layer, component)] = y.clone()
+        return y
+
+    hooks = sender_hooks(graph, write)
+    if record and heads is None:
+        hooks += receiver_hooks(graph, read)
+    elif record:
+        hooks += receiver_hooks(graph, read, ("mlp", "logits"))
+        hooks += head_hooks(graph, keep_output, lambda x, layer: read(x, layer, "q"))
     hidden = stopped_at(model, tokens, "unembed.hook_in", hooks)
-    return out, metric_values(model, hidden, pairs, metric), received
+    return out, metric_values(model, hidden, pairs, metric), inputs, outputs
 
 
 def endpoints(model: TokenModel, graph: Graph, pairs: ContrastBatch, metric: Metric) -> list[Endpoints]:
-    """Clean and corrupted forwards of every group of pairs."""
+    """Clean and corrupted forwards of every group of pairs (inside split_forward). The heads' inputs are rebuilt
+    in plain forwards where HeadQKV rebuilds the first corrupted forward's q/k/v; else the split forward gives them."""
     size = rows_per_call(model, graph, pairs.clean.shape[1])
+    heads = HeadQKV.of(model)
     out = []
     for start in range(0, len(pairs), size):
         group = pick(pairs, slice(start, start + size))
-        with shared_qkv_input(model):
-            clean, clean_metric, _ = sender_outputs(model, graph, group.clean, group, metric, inputs=False)
-        corrupted, corrupted_metric, inputs = sender_outputs(model, graph, group.corrupted, group, metric)
-        out.append(Endpoints(group, clean, corrupted, clean_metric, corrupted_metric, inputs))
+        with plain_forward(model):
+            clean, clean_metric, _, _ = sender_outputs(model, graph, group.clean, group, metric, False, None)
+            if heads is not None:
+                corrupted, corrupted_metric, inputs, outputs = sender_outputs(model, graph, group.corrupted, group,
+                                                                              metric, True, heads)
+                if not out and not all(heads.matches(layer, c, inputs[(layer, "q")], y)
+                                       for (layer, c), y in outputs.items()):
+                    heads = None
+        if heads is None:
+            corrupted, corrupted_metric, inputs, outputs = sender_outputs(model, graph, group.corrupted, group,
+                                                                          metric, True, None)
+        out.append(Endpoints(group, clean, corrupted, clean_metric, corrupted_metric, inputs, outputs, heads))
     return out
 
 
@@ -313,35 +357,46 @@ def gradient_scores(model: TokenModel, graph: Graph, ends: list[Endpoints], step
     for e in ends:
         for first in range(0, len(e.pairs), size):
             rows = slice(first, first + size)
-            gradient_pass(model, graph, pick(e.pairs, rows), e.clean[:, rows], e.corrupted[:, rows], alphas,
-                          metric, scores, n * len(alphas))
+            with plain_forward(model, e.heads is not None):
+                gradient_pass(model, graph, pick(e.pairs, rows), e.clean[:, rows], e.corrupted[:, rows], alphas,
+                              metric, scores, n * len(alphas), e.heads)
     return scores * graph.valid.to(scores.device)
 
 
 def gradient_pass(model: TokenModel, graph: Graph, pairs: ContrastBatch, clean: Float[Tensor, "sender n pos d_model"],
                   corrupted: Float[Tensor, "sender n pos d_model"], alphas: Float[Tensor, " step"], metric: Metric,
-                  scores: Float[Tensor, "sender receiver"], norm: int) -> None:
+                  scores: Float[Tensor, "sender receiver"], norm: int, heads: HeadQKV | None) -> None:
     """Add one group's gradient scores to `scores`: a forward and backward of the pairs' clean prompts, one copy per
     interpolation step."""
     steps, m = len(alphas), len(pairs)
     delta = (corrupted - clean).flatten(1)  # sender (n pos d_model)
+    streams: dict[int, Tensor] = {}
+
+    def add(layer: int, component: str, g: Float[Tensor, "receiver step_n pos d_model"]) -> None:
+        k, cols = graph.n_before(layer, component), graph.columns[(layer, component)]
+        g = g.unflatten(1, (steps, m)).sum(1)
+        # a plain matrix product: einsum copied `delta` at every call (5.9 of 9.7 s at Pythia-70m's shape)
+        scores[:k, cols] += delta[:k] @ g.flatten(1).T
 
     def watch(x: Tensor, layer: int, component: str) -> Tensor:
         x = x if x.ndim == 4 else x.clone()  # an MLP's or the logits' input: a copy only that reader uses
-        k, cols = graph.n_before(layer, component), graph.columns[(layer, component)]
-
-        def accumulate(g: Tensor) -> None:
-            g = g.view(steps, m, *g.shape[1:]).sum(0)
-            g = g if g.ndim == 4 else g[:, :, None]  # n pos receiver d_model
-            # a plain matrix product: einsum copied `delta` at every call (5.9 of 9.7 s at Pythia-70m's shape)
-            scores[:k, cols] += delta[:k] @ g.permute(0, 1, 3, 2).reshape(-1, g.shape[2])
-
-        x.register_hook(accumulate)
+        x.register_hook(lambda g: add(layer, component, g.permute(2, 0, 1, 3) if g.ndim == 4 else g[None]))
         return x
+
+    def watch_head(y: Tensor, layer: int, component: str) -> Tensor:
+        y = y.clone()  # the bridge reads a tensor a hook returns, so the gradient reaches this one
+        x = streams[layer]
+        y.register_hook(lambda g: add(layer, component, heads.input_grads(layer, component, x, g)))
+        return y
 
     embedded = corrupted[0] + alphas[:, None, None, None] * (clean[0] - corrupted[0])
     start = embedded.flatten(0, 1).requires_grad_()
-    hooks = [(sender_hook(graph, 0), lambda x, hook: start), *receiver_hooks(graph, watch)]
+    hooks = [(sender_hook(graph, 0), lambda x, hook: start)]
+    if heads is None:
+        hooks += receiver_hooks(graph, watch)
+    else:
+        hooks += receiver_hooks(graph, watch, ("mlp", "logits"))
+        hooks += head_hooks(graph, watch_head, lambda x, layer: streams.__setitem__(layer, x))
     with torch.enable_grad():
         hidden = stopped_at(model, pairs.clean.repeat(steps, 1), "unembed.hook_in", hooks)
         (metric_values(model, hidden, tiled(pairs, steps), metric).sum() / norm).backward()
@@ -362,7 +417,7 @@ def exact_scores(model: TokenModel, graph: Graph, ends: list[Endpoints],
 
 def one_edge(model: TokenModel, graph: Graph, e: Endpoints, edges: Int[Tensor, "copy 2"],
              metric: Metric) -> Float[Tensor, "copy n"]:
-    """One forward of a copy of the pairs' clean prompts per edge, copy c with edge c corrupted."""
+    """One split forward of a copy of the pairs' clean prompts per edge, copy c with edge c corrupted."""
     copies, (n, pos) = len(edges), e.pairs.clean.shape
     delta = e.corrupted - e.clean
 
@@ -386,7 +441,12 @@ def circuit_metrics(model: TokenModel, graph: Graph, ends: list[Endpoints],
     """The mean metric of each circuit: every edge outside it carries its sender's corrupted output, everything
     else is computed (several circuits per forward, each on its own copy of the pairs)."""
     absent = (graph.valid.to(keep.device) & ~keep).to(ends[0].clean.dtype)
-    return per_copy_mean(model, graph, ends, absent, lambda e, cut: patched(model, graph, e, cut, metric))
+
+    def run(e: Endpoints, cut: Tensor) -> Tensor:
+        with plain_forward(model, e.heads is not None):
+            return patched(model, graph, e, cut, metric)
+
+    return per_copy_mean(model, graph, ends, absent, run)
 
 
 def per_copy_mean(model: TokenModel, graph: Graph, ends: list[Endpoints], variants: Tensor,
@@ -408,10 +468,12 @@ def patched(model: TokenModel, graph: Graph, e: Endpoints, absent: Float[Tensor,
     """One forward of len(absent) copies of the pairs' clean prompts, copy c missing the edges of absent[c]. A
     receiver input is its running value minus the missing edges' current-minus-corrupted outputs or, where fewer
     edges are kept than missing, its corrupted value plus the kept edges' current-minus-corrupted outputs: the same
-    sum, over the fewer senders."""
+    sum, over the fewer senders. In a plain forward (e.heads) only the heads whose input that changes are rebuilt;
+    the others keep their running or corrupted q/k/v."""
     copies, (n, pos) = len(absent), e.pairs.clean.shape
     current: dict[int, Tensor] = {}
     diffs: dict[int, Tensor] = {}
+    streams: dict[int, Tensor] = {}
 
     def write(senders: slice, x: Tensor) -> None:
         current.update(zip(range(senders.start, senders.stop), x))
@@ -422,21 +484,50 @@ def patched(model: TokenModel, graph: Graph, e: Endpoints, absent: Float[Tensor,
                 diffs[s] = current[s].view(copies, n, pos, -1) - e.corrupted[s]
         return torch.stack([diffs[s] for s in senders])
 
+    def inputs(layer: int, component: str, running: Float[Tensor, "copy n pos #receiver d_model"],
+               receivers: slice | Tensor) -> Float[Tensor, "#copy n pos #selected d_model"]:
+        """The chosen receivers' patched inputs from the running ones."""
+        k, cols = graph.n_before(layer, component), graph.columns[(layer, component)]
+        missing = absent[:, :k, cols][:, :, receivers]
+        from_corrupted = 2 * missing.sum() > missing.numel()
+        terms = 1 - missing if from_corrupted else missing  # circuit sender receiver
+        start = e.corrupted_inputs[input_key(layer, component)][None, :, :, None] if from_corrupted else running
+        senders = terms.amax(dim=(0, 2)).nonzero()[:, 0].tolist()
+        if senders:  # a product over (n pos d_model): einsum copied the sender outputs at every call
+            change = terms[:, senders].transpose(1, 2) @ diff(senders).transpose(0, 1).flatten(2)
+            change = change.view(copies, -1, n, pos, running.shape[-1]).permute(0, 2, 3, 1, 4)
+            start = start + change if from_corrupted else start - change
+        return start
+
     def edit(x: Tensor, layer: int, component: str) -> Tensor:
+        receivers = graph.columns[(layer, component)]
+        start = inputs(layer, component, x.reshape(copies, n, pos, -1, x.shape[-1]), slice(None))
+        return start.expand(copies, n, pos, receivers.stop - receivers.start, x.shape[-1]).reshape(x.shape)
+
+    def edit_heads(y: Tensor, layer: int, component: str) -> Tensor:
         k, cols = graph.n_before(layer, component), graph.columns[(layer, component)]
         missing = absent[:, :k, cols]
         from_corrupted = 2 * missing.sum() > missing.numel()
-        terms = 1 - missing if from_corrupted else missing  # circuit sender receiver
-        senders = terms.amax(dim=(0, 2)).nonzero()[:, 0].tolist()
-        start = e.corrupted_inputs[input_key(layer, component)][None, :, :, None] if from_corrupted else \
-            x.reshape(copies, n, pos, -1, x.shape[-1])
-        if senders:  # a product over (n pos d_model): einsum copied the sender outputs at every call
-            change = terms[:, senders].transpose(1, 2) @ diff(senders).transpose(0, 1).flatten(2)
-            change = change.view(copies, -1, n, pos, x.shape[-1]).permute(0, 2, 3, 1, 4)
-            start = start + change if from_corrupted else start - change
-        return start.expand(copies, n, pos, cols.stop - cols.start, x.shape[-1]).reshape(x.shape)
+        changed = ((1 - missing) if from_corrupted else missing).amax(1) > 0  # copy receiver
+        out = e.corrupted_heads[(layer, component)].expand(copies, n, *y.shape[1:]) if from_corrupted else \
+            y.view(copies, n, *y.shape[1:])
+        picked = changed.any(0).nonzero()[:, 0]
+        if not len(picked):
+            return out.reshape(y.shape)
+        running = streams[layer].view(copies, n, pos, 1, -1)
+        x = inputs(layer, component, running, picked)
+        at = changed[:, picked].nonzero()  # (copy, index into picked)
+        x = x.expand(copies, n, pos, len(picked), x.shape[-1])[at[:, 0], :, :, at[:, 1]]
+        out = out.clone()
+        out[at[:, 0], :, :, picked[at[:, 1]]] = e.heads.project(layer, component, x, picked[at[:, 1]])
+        return out.reshape(y.shape)
 
-    hooks = sender_hooks(graph, write) + receiver_hooks(graph, edit)
+    hooks = sender_hooks(graph, write)
+    if e.heads is None:
+        hooks += receiver_hooks(graph, edit)
+    else:
+        hooks += receiver_hooks(graph, edit, ("mlp", "logits"))
+        hooks += head_hooks(graph, edit_heads, lambda x, layer: streams.__setitem__(layer, x))
     hidden = stopped_at(model, e.pairs.clean.repeat(copies, 1), "unembed.hook_in", hooks)
     return metric_values(model, hidden, tiled(e.pairs, copies), metric).view(copies, n)
 
