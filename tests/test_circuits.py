@@ -6,7 +6,9 @@ circuit missing only that edge; EAP-IG ranks the edges of the trained induction 
 with plain EAP's numbers beside it; the planted GPT-2's induction circuit (previous-token head 0.0 into the
 induction head 1.1's key) is the circuit found; Jaccard of hand-made memberships.
 """
+import math
 import warnings
+from types import SimpleNamespace
 from pathlib import Path
 
 import pandas as pd
@@ -179,3 +181,31 @@ def test_plain_forwards_rebuild_heads_as_the_split_forward_does(arch, tmp_path, 
     assert (ig[0] - ig[1]).abs().max() <= 1e-7 and ig[1].abs().max() > 1e-3
     assert metrics[0].tolist() == pytest.approx(metrics[1].tolist(), abs=1e-6)
     assert metrics[1].std() > 1e-4  # the circuits differ
+
+
+class Curve(C.Faithfulness):
+    """A faithfulness curve given as a function of the circuit's size (clean metric 1, corrupted 0)."""
+
+    def __init__(self, f, n_edges: int):
+        self.f, self.evaluated = f, 0
+        self.found = SimpleNamespace(clean=1.0, corrupted=0.0)
+        self.values = {0: 0.0, n_edges: 1.0}
+
+    def metrics(self, sizes):
+        todo = [s for s in sizes if s not in self.values]
+        self.evaluated += len(todo)
+        self.values.update({s: self.f(s) for s in todo})
+        return {s: self.values[s] for s in sizes}
+
+
+@pytest.mark.parametrize("shape, most", [("log", 3), ("step", 4)])
+def test_smallest_circuit_search_brackets_the_threshold(shape, most):
+    n = 3580
+    f = (lambda s: math.log(max(s, 1)) / math.log(n)) if shape == "log" else (lambda s: float(s >= 1000))
+    crossing = n ** 0.8 if shape == "log" else 1000
+    curve = Curve(f, n)
+    curve.metrics(C.curve_sizes(n, 8))
+    before = curve.evaluated
+    size = curve.smallest(0.8, 0.05)
+    assert crossing <= size <= crossing * 1.05 + 1
+    assert curve.evaluated - before <= most  # bisection: 5 and 5
