@@ -11,7 +11,7 @@ Rows per checkpoint (component `BUILD:N`, BUILD greedy or top_n, N edges): `fait
 sizes spaced geometrically from 1 to every edge; `faithfulness_auc` (component BUILD: the area under faithfulness
 against the fraction of edges, the curve's points joined by straight lines from (0, 0) to (1, 1)). For the chosen
 build (option `build`): `circuit_size`, `circuit_nodes`, `circuit_faithfulness` of the smallest circuit reaching
-`threshold` (the first size on the curve, narrowed by bisection to within `precision`), and that circuit's members:
+`threshold` (the first size on the curve, narrowed to within `precision`: Faithfulness.smallest), and that circuit's members:
 `circuit_edge` rows (the edge's columns as in `edges`; value its score) and `circuit_node` rows (node in
 layer/head/component: input at layer -1, a head, mlp, logits at layer n_layers; value the summed |score| of its
 circuit edges).

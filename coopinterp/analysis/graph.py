@@ -4,14 +4,17 @@ analyses).
 Nodes: the input (the stream entering block 0: token and position embeddings), every head's output
 (`attn.hook_result`), every MLP's output (`hook_mlp_out`; attention-only models have none) and the logits. The
 residual stream a reader sees is the sum of the outputs of every node before it (plus constant biases), so an edge
-sender -> receiver is one term of that sum at one receiver input: a head's query, key or value input (the bridge's
-per-head fork `hook_{q,k,v}_input`, one per key/value group where the model groups them), an MLP's input
-(`hook_mlp_in`) or the logits' input (`ln_final.hook_in`). Each input is read before its LayerNorm, which is
-recomputed. An MLP that runs beside its layer's attention (GPT-NeoX's parallel residual) reads only earlier layers.
+sender -> receiver is one term of that sum at one receiver input: a head's query, key or value input (one per
+key/value group where the model groups them), an MLP's input (`hook_mlp_in`) or the logits' input
+(`ln_final.hook_in`). Each input is read before its LayerNorm, which is recomputed: a head's own input is rebuilt
+from the layer's stream in a plain forward (head_qkv.py) or, where that does not reproduce the model, given by the
+bridge's split forward (`hook_{q,k,v}_input`). An MLP that runs beside its layer's attention (GPT-NeoX's parallel
+residual) reads only earlier layers.
 
 A circuit is a set of edges; evaluating it, every edge outside it carries the sender's output on the corrupted
 prompt instead of its output in the running forward (one forward: each receiver input minus the missing edges'
-current-minus-corrupted outputs). The full graph gives the clean metric and the empty one the corrupted metric.
+current-minus-corrupted outputs, or its corrupted input plus the kept ones'). The full graph gives the clean metric
+and the empty one the corrupted metric.
 
 Scores estimate, for each edge alone, metric(edge corrupted) - metric(clean): EAP takes the gradient of the metric
 at the receiver's input on the clean prompt times the sender's corrupted-minus-clean output; EAP-IG averages that
