@@ -209,3 +209,22 @@ def test_smallest_circuit_search_brackets_the_threshold(shape, most):
     size = curve.smallest(0.8, 0.05)
     assert crossing <= size <= crossing * 1.05 + 1
     assert curve.evaluated - before <= most  # bisection: 5 and 5
+
+
+def test_a_circuit_without_a_path_from_the_input_to_the_logits_takes_no_forward(tmp_path):
+    model = booted(tiny("gpt2"), tmp_path / "step1")
+    pairs, graph = pairs_for(model, 6, 8), G.Graph.of(model)
+    no_input, no_logits = graph.valid.clone(), graph.valid.clone()
+    no_input[0], no_logits[:, -1] = False, False
+    keeps = torch.stack([no_input, no_logits, graph.valid])
+    assert graph.connects(keeps).tolist() == [False, False, True]
+    with G.split_forward(model):
+        ends = G.endpoints(model, graph, pairs, "logit_diff")
+        metrics = G.circuit_metrics(model, graph, ends, keeps, "logit_diff")
+        absent = (graph.valid & ~keeps).float()
+        forced = G.per_copy_mean(model, graph, ends, absent, lambda e, cut: G.patched(model, graph, e, cut, "logit_diff"))
+    corrupted = ends[0].corrupted_metric.mean().item()
+    assert metrics[:2].tolist() == [corrupted, corrupted]
+    assert forced.tolist() == pytest.approx(metrics.tolist(), abs=1e-5)
+    assert metrics[2].item() == pytest.approx(ends[0].clean_metric.mean().item(), abs=1e-5)
+    assert abs(metrics[2].item() - corrupted) > 1e-3

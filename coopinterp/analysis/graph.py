@@ -125,6 +125,14 @@ class Graph:
         """(sender, receiver) of every edge, receiver-major."""
         return self.valid.T.nonzero()[:, [1, 0]]
 
+    def connects(self, keep: Bool[Tensor, "circuit sender receiver"]) -> Bool[Tensor, " circuit"]:
+        """Whether each circuit's edges hold a path from the input to the logits."""
+        reached = torch.zeros(keep.shape[:2], dtype=torch.bool, device=keep.device)
+        reached[:, 0] = True
+        for sender in range(1, len(self.senders)):
+            reached[:, sender] = (keep[:, :, self.ports(sender)] & reached[:, :, None]).any(dim=(1, 2))
+        return (keep[:, :, -1] & reached).any(dim=1)
+
     def receiver_node(self, r: Receiver) -> list[int | str]:
         """The node(s) a receiver input belongs to: a head (every head of a key/value group), an MLP, the logits."""
         if r.component == "logits":
@@ -442,14 +450,21 @@ def one_edge(model: TokenModel, graph: Graph, e: Endpoints, edges: Int[Tensor, "
 def circuit_metrics(model: TokenModel, graph: Graph, ends: list[Endpoints],
                     keep: Bool[Tensor, "circuit sender receiver"], metric: Metric) -> Float[Tensor, " circuit"]:
     """The mean metric of each circuit: every edge outside it carries its sender's corrupted output, everything
-    else is computed (several circuits per forward, each on its own copy of the pairs)."""
+    else is computed (several circuits per forward, each on its own copy of the pairs). A node's output differs from
+    its corrupted one only through a kept edge from a node whose output differs, the input first, so a circuit
+    without a path of kept edges from the input to the logits has the corrupted metric, and takes no forward."""
     absent = (graph.valid.to(keep.device) & ~keep).to(ends[0].clean.dtype)
+    corrupted = sum(e.corrupted_metric.sum() for e in ends) / sum(len(e.pairs) for e in ends)
+    out = corrupted.expand(len(keep)).clone()
+    live = graph.connects(keep)
 
     def run(e: Endpoints, cut: Tensor) -> Tensor:
         with plain_forward(model, e.heads is not None):
             return patched(model, graph, e, cut, metric)
 
-    return per_copy_mean(model, graph, ends, absent, run)
+    if live.any():
+        out[live] = per_copy_mean(model, graph, ends, absent[live], run)
+    return out
 
 
 def per_copy_mean(model: TokenModel, graph: Graph, ends: list[Endpoints], variants: Tensor,
