@@ -1,5 +1,5 @@
 """What `edges` + `circuit` cost per checkpoint at Pythia-70m's shape, against the floor of the forwards and
-backwards they need, timed in this process on one thread.
+backwards they need, timed in this process (threads: OMP_NUM_THREADS).
 
 Builds a GPT-NeoX shaped like Pythia-70m (6 layers x 8 heads, d_model 512, vocabulary 50,304, parallel residual,
 rotary; random weights, two step folders written by `save_pretrained` in a temporary directory, no download) and
@@ -7,7 +7,8 @@ analyses each checkpoint with `edges` and `circuit` (default options: EAP-IG, it
 induction pairs (`--source induction`), one worker, nothing cached. The floor is the same number of bare forwards
 (the bridge without hooks, stopped before the unembedding) and forward + backward passes (the logit difference
 from two unembedding columns, its gradient down to the embeddings) on the same pairs: 2 forwards (clean, corrupted),
-`steps` forward + backward, and one forward per circuit evaluated. Prints seconds and the ratio.
+`steps` forward + backward, and one forward per circuit evaluated (one holding a path from the input to the
+logits). Prints seconds and the ratio.
 
     python benchmarks/bench_circuit.py [--n 64] [--steps 2]
 """
@@ -81,7 +82,7 @@ def main() -> None:
     evaluate = circuit.circuit_metrics
 
     def counting(model, graph, ends, keep, metric):
-        counted["circuits"] += len(keep)
+        counted["circuits"] += int(graph.connects(keep).sum())  # the others take no forward
         return evaluate(model, graph, ends, keep, metric)
 
     circuit.circuit_metrics = counting
