@@ -228,3 +228,22 @@ def test_a_circuit_without_a_path_from_the_input_to_the_logits_takes_no_forward(
     assert forced.tolist() == pytest.approx(metrics.tolist(), abs=1e-5)
     assert metrics[2].item() == pytest.approx(ends[0].clean_metric.mean().item(), abs=1e-5)
     assert abs(metrics[2].item() - corrupted) > 1e-3
+
+
+def test_eap_misranks_the_planted_circuit_where_eap_ig_does_not(tmp_path):
+    from test_outside import planted_gpt2
+    model = booted(planted_gpt2(), tmp_path / "step1")
+    pairs, graph = pairs_for(model, 8), G.Graph.of(model)
+    scores = {method: G.score(model, pairs, method, 3, "logit_diff").edge_values()
+              for method in ("exact", "eap_ig", "eap")}
+    names = [G.edge_name(**G.edge_columns(graph, edge)) for edge in graph.edges.tolist()]
+    top = scores["exact"].abs().argsort(descending=True)[:4]
+    ranked = {method: [names[i] for i in top[s[top].abs().argsort(descending=True)]] for method, s in scores.items()}
+    # exact: input->1.1v -17.1, 1.1->logits -9.8, 0.0->1.1k -8.6, input->0.0v -8.6; EAP-IG -13.3, -8.8, -4.5, -3.5
+    assert ranked["exact"][:2] == ranked["eap_ig"][:2] == ["input->1.1v", "1.1->logits"]
+    assert set(ranked["exact"][2:]) == set(ranked["eap_ig"][2:]) == {"0.0->1.1k", "input->0.0v"}
+    # EAP's one gradient at the clean prompt: -1.4 for the edge into the logits (the metric is far from linear along
+    # that change), so it ranks last of the four
+    assert ranked["eap"][-1] == "1.1->logits"
+    logits = names.index("1.1->logits")
+    assert abs(scores["eap"][logits]) < abs(scores["exact"][logits]) / 5
