@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Callable, Iterator, Literal, Sequence
 
 import pandas as pd
@@ -278,6 +278,11 @@ def head_hooks(graph: Graph, edit: Callable[[Tensor, int, str], Tensor],
     return out
 
 
+def keep_stream(streams: dict[int, Tensor], x: Tensor, layer: int) -> None:
+    """A head_hooks `stream` callback: the layer's input stream of the running forward."""
+    streams[layer] = x
+
+
 def input_key(layer: int, component: str) -> tuple[int, str]:
     """Where a receiver input's unpatched value is kept: a layer's q, k and v inputs are one residual stream."""
     return (layer, "q") if component in ("k", "v") else (layer, component)
@@ -407,7 +412,7 @@ def gradient_pass(model: TokenModel, graph: Graph, pairs: ContrastBatch, clean: 
         hooks += receiver_hooks(graph, watch)
     else:
         hooks += receiver_hooks(graph, watch, ("mlp", "logits"))
-        hooks += head_hooks(graph, watch_head, lambda x, layer: streams.__setitem__(layer, x))
+        hooks += head_hooks(graph, watch_head, partial(keep_stream, streams))
     with torch.enable_grad():
         hidden = stopped_at(model, pairs.clean.repeat(steps, 1), "unembed.hook_in", hooks)
         (metric_values(model, hidden, tiled(pairs, steps), metric).sum() / norm).backward()
@@ -541,7 +546,7 @@ def patched(model: TokenModel, graph: Graph, e: Endpoints, absent: Float[Tensor,
         hooks += receiver_hooks(graph, edit)
     else:
         hooks += receiver_hooks(graph, edit, ("mlp", "logits"))
-        hooks += head_hooks(graph, edit_heads, lambda x, layer: streams.__setitem__(layer, x))
+        hooks += head_hooks(graph, edit_heads, partial(keep_stream, streams))
     hidden = stopped_at(model, e.pairs.clean.repeat(copies, 1), "unembed.hook_in", hooks)
     return metric_values(model, hidden, tiled(e.pairs, copies), metric).view(copies, n)
 
