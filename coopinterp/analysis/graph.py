@@ -491,7 +491,7 @@ def patched(model: TokenModel, graph: Graph, e: Endpoints, absent: Float[Tensor,
     """One forward of len(absent) copies of the pairs' clean prompts, copy c missing the edges of absent[c]. A
     receiver input is its running value minus the missing edges' current-minus-corrupted outputs or, where fewer
     edges are kept than missing, its corrupted value plus the kept edges' current-minus-corrupted outputs: the same
-    sum, over the fewer senders. In a plain forward (e.heads) only the heads whose input that changes are rebuilt;
+    sum, over the fewer senders. In a plain forward (e.heads) only the heads whose input changes are rebuilt;
     the others keep their running or corrupted q/k/v."""
     copies, (n, pos) = len(absent), e.pairs.clean.shape
     diff = torch.empty(len(graph.senders), copies, n, pos, e.corrupted.shape[-1], device=e.corrupted.device)
