@@ -500,13 +500,19 @@ def patched(model: TokenModel, graph: Graph, e: Endpoints, absent: Float[Tensor,
     def write(senders: slice, x: Tensor) -> None:  # every sender's current-minus-corrupted output
         torch.sub(x.unflatten(1, (copies, n)), e.corrupted[senders, None], out=diff[senders])
 
+    def side(layer: int, component: str,
+             receivers: slice | Tensor) -> tuple[bool, Float[Tensor, "copy sender receiver"]]:
+        """Whether the receivers' inputs are built from their corrupted values (more edges missing than kept), and
+        the edges summed: the kept ones if so, else the missing ones."""
+        missing = absent[:, :graph.n_before(layer, component), graph.columns[(layer, component)]][:, :, receivers]
+        from_corrupted = bool(2 * missing.sum() > missing.numel())
+        return from_corrupted, 1 - missing if from_corrupted else missing
+
     def inputs(layer: int, component: str, running: Float[Tensor, "copy n pos #receiver d_model"],
                receivers: slice | Tensor) -> Float[Tensor, "#copy n pos #selected d_model"]:
         """The chosen receivers' patched inputs from the running ones."""
-        k, cols = graph.n_before(layer, component), graph.columns[(layer, component)]
-        missing = absent[:, :k, cols][:, :, receivers]
-        from_corrupted = 2 * missing.sum() > missing.numel()
-        terms = 1 - missing if from_corrupted else missing  # circuit sender receiver
+        from_corrupted, terms = side(layer, component, receivers)
+        k = terms.shape[1]
         start = e.corrupted_inputs[input_key(layer, component)][None, :, :, None] if from_corrupted else running
         senders = terms.amax(dim=(0, 2)).nonzero()[:, 0].tolist()
         if senders:  # a product over (n pos d_model): einsum copied the sender outputs at every call
@@ -524,10 +530,8 @@ def patched(model: TokenModel, graph: Graph, e: Endpoints, absent: Float[Tensor,
         return start.expand(copies, n, pos, receivers.stop - receivers.start, x.shape[-1]).reshape(x.shape)
 
     def edit_heads(y: Tensor, layer: int, component: str) -> Tensor:
-        k, cols = graph.n_before(layer, component), graph.columns[(layer, component)]
-        missing = absent[:, :k, cols]
-        from_corrupted = 2 * missing.sum() > missing.numel()
-        changed = ((1 - missing) if from_corrupted else missing).amax(1) > 0  # copy receiver
+        from_corrupted, terms = side(layer, component, slice(None))
+        changed = terms.amax(1) > 0  # copy receiver: an input other than the start's
         out = e.corrupted_heads[(layer, component)].expand(copies, n, *y.shape[1:]) if from_corrupted else \
             y.view(copies, n, *y.shape[1:])
         picked = changed.any(0).nonzero()[:, 0]
