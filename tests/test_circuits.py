@@ -7,7 +7,6 @@ with plain EAP's numbers beside it; the planted GPT-2's induction circuit (previ
 induction head 1.1's key) is the circuit found; Jaccard of hand-made memberships.
 """
 import math
-import warnings
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -23,30 +22,14 @@ from coopinterp.errors import ConfigError
 from coopinterp.runs import open_run
 from coopinterp.runs.huggingface import boot
 from coopinterp.sources import ModelShape, TokenBatch, induction_tokens, repeated_tokens
+from test_outside import _save, planted_gpt2, tiny
 
 transformers = pytest.importorskip("transformers")
 NEOX = Path(__file__).resolve().parent.parent / "checkpoints" / "induction_neox"
 
 
-def tiny(arch: str):
-    torch.manual_seed(0)
-    if arch == "gpt2":
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=61, n_positions=24, n_embd=32,
-                                                                    n_layer=2, n_head=4))
-    if arch == "neox":
-        return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
-            vocab_size=61, max_position_embeddings=24, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64))
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=61, max_position_embeddings=24, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=64))
-
-
 def booted(model, folder: Path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.save_pretrained(folder, safe_serialization=True)
-    return boot(folder)
+    return boot(_save(model, folder))
 
 
 def pairs_for(model, n: int, length: int | None = None, seed: int = 0):
@@ -68,7 +51,7 @@ def top_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> int:
 
 @pytest.mark.parametrize("arch", ["gpt2", "neox", "llama"])
 def test_whole_graph_is_clean_no_edge_is_corrupted_and_one_edge_is_its_own_patch(arch, tmp_path):
-    model = booted(tiny(arch), tmp_path / "step1")
+    model = booted(tiny(arch, layers=2, positions=24), tmp_path / "step1")
     pairs = pairs_for(model, 6, 8)
     graph = G.Graph.of(model)
     H, kv = 4, 2 if arch == "llama" else 4
@@ -112,7 +95,6 @@ def test_eap_ig_ranks_edges_like_exact_patching(neox_scores):
 
 
 def test_the_planted_induction_circuit_is_found(tmp_path):
-    from test_outside import planted_gpt2
     model = booted(planted_gpt2(), tmp_path / "step1")
     pairs = pairs_for(model, 8)
     batches = {"induction": TokenBatch(pairs.clean, "induction", contrast=pairs)}
@@ -166,7 +148,7 @@ def test_jaccard_over_training_of_hand_made_circuits():
 
 @pytest.mark.parametrize("arch", ["gpt2", "neox", "llama"])
 def test_plain_forwards_rebuild_heads_as_the_split_forward_does(arch, tmp_path, monkeypatch):
-    model = booted(tiny(arch), tmp_path / "step1")
+    model = booted(tiny(arch, layers=2, positions=24), tmp_path / "step1")
     pairs, graph = pairs_for(model, 6, 8), G.Graph.of(model)
     with G.split_forward(model):
         plain = G.endpoints(model, graph, pairs, "logit_diff")
@@ -212,7 +194,7 @@ def test_smallest_circuit_search_brackets_the_threshold(shape, most):
 
 
 def test_a_circuit_without_a_path_from_the_input_to_the_logits_takes_no_forward(tmp_path):
-    model = booted(tiny("gpt2"), tmp_path / "step1")
+    model = booted(tiny("gpt2", layers=2, positions=24), tmp_path / "step1")
     pairs, graph = pairs_for(model, 6, 8), G.Graph.of(model)
     no_input, no_logits = graph.valid.clone(), graph.valid.clone()
     no_input[0], no_logits[:, -1] = False, False
@@ -222,7 +204,8 @@ def test_a_circuit_without_a_path_from_the_input_to_the_logits_takes_no_forward(
         ends = G.endpoints(model, graph, pairs, "logit_diff")
         metrics = G.circuit_metrics(model, graph, ends, keeps, "logit_diff")
         absent = (graph.valid & ~keeps).float()
-        forced = G.per_copy_mean(model, graph, ends, absent, lambda e, cut: G.patched(model, graph, e, cut, "logit_diff"))
+        forced = G.per_copy_mean(model, graph, ends, absent,
+                                 lambda e, cut: G.patched(model, graph, e, cut, "logit_diff"))
     corrupted = ends[0].corrupted_metric.mean().item()
     assert metrics[:2].tolist() == [corrupted, corrupted]
     assert forced.tolist() == pytest.approx(metrics.tolist(), abs=1e-5)
@@ -231,7 +214,6 @@ def test_a_circuit_without_a_path_from_the_input_to_the_logits_takes_no_forward(
 
 
 def test_eap_misranks_the_planted_circuit_where_eap_ig_does_not(tmp_path):
-    from test_outside import planted_gpt2
     model = booted(planted_gpt2(), tmp_path / "step1")
     pairs, graph = pairs_for(model, 8), G.Graph.of(model)
     scores = {method: G.score(model, pairs, method, 3, "logit_diff").edge_values()

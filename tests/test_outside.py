@@ -71,18 +71,19 @@ def planted_run(tmp_path_factory) -> Path:
     return root
 
 
-def tiny(arch: str):
+def tiny(arch: str, layers: int = 3, positions: int = 40):
+    """A seeded random GPT-2, GPT-NeoX (parallel MLPs) or Llama (grouped key/value heads): 4 heads, d_model 32."""
     torch.manual_seed(0)
     if arch == "gpt2":
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=61, n_positions=40, n_embd=32,
-                                                                    n_layer=3, n_head=4))
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=61, n_positions=positions, n_embd=32,
+                                                                    n_layer=layers, n_head=4))
     if arch == "neox":
         return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
-            vocab_size=61, max_position_embeddings=40, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-            intermediate_size=64))
+            vocab_size=61, max_position_embeddings=positions, hidden_size=32, num_hidden_layers=layers,
+            num_attention_heads=4, intermediate_size=64))
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=61, max_position_embeddings=40, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=64))
+        vocab_size=61, max_position_embeddings=positions, hidden_size=32, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=64))
 
 
 @pytest.fixture(scope="module", params=["gpt2", "neox", "llama"])
